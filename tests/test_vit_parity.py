@@ -1,0 +1,123 @@
+"""Numerical parity with timm for every vit-family variant, on perturbed weights (contract 4, tiny: 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import VIT_VARIANTS, make_timm, vitzoo_from_timm
+from vitzoo_hf import VitzooViTBackbone, VitzooViTForImageClassification, VitzooViTModel
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+VARIANTS = sorted(VIT_VARIANTS)
+
+
+def _inputs(timm_model, size: tuple[int, int] | None = None, batch: int = 2) -> torch.Tensor:
+    height, width = size or timm_model.patch_embed.img_size
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(1))
+
+
+def _other_sizes(timm_model) -> list[tuple[int, int]]:
+    """A larger and a non-square size, both multiples of the patch (timm asserts that too)."""
+    ph, pw = timm_model.patch_embed.patch_size
+    height, width = timm_model.patch_embed.img_size
+    return [(height + 2 * ph, width + 2 * pw), (height - ph, width + 3 * pw)]
+
+
+def _timm_hidden_states(timm_model, x: torch.Tensor) -> list[torch.Tensor]:
+    """Embedding output then every block output, prefix tokens first (as our hidden_states)."""
+    embed = timm_model.norm_pre(timm_model._pos_embed(timm_model.patch_embed(x)))
+    blocks = timm_model.forward_intermediates(
+        x, indices=None, norm=False, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    )
+    if timm_model.num_prefix_tokens:
+        blocks = [torch.cat([prefix, patches], dim=1) for patches, prefix in blocks]
+    return [embed, *blocks]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_native_size_parity(variant: str, attn: str) -> None:
+    timm_model = make_timm(variant)
+    model = vitzoo_from_timm(timm_model, VitzooViTModel, attn=attn)
+    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn=attn)
+    x = _inputs(timm_model)
+    with torch.no_grad():
+        features = timm_model.forward_features(x)
+        pre_logits = timm_model.forward_head(features, pre_logits=True)
+        expected_logits = timm_model(x)
+        expected_states = _timm_hidden_states(timm_model, x)
+        out = model(x, output_hidden_states=True)
+        logits = classifier(x).logits
+    torch.testing.assert_close(out.last_hidden_state, features, **TOL)
+    torch.testing.assert_close(out.pooler_output, pre_logits, **TOL)
+    torch.testing.assert_close(logits, expected_logits, **TOL)
+    assert len(out.hidden_states) == len(expected_states) == timm_model.blocks.__len__() + 1
+    for ours, theirs in zip(out.hidden_states, expected_states):
+        torch.testing.assert_close(ours, theirs, **TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_interpolated_sizes_parity(variant: str) -> None:
+    """interpolate_pos_encoding=True equals timm with dynamic_img_size=True (antialiased bicubic resampling)."""
+    timm_model = make_timm(variant, dynamic=True)
+    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification)
+    for size in _other_sizes(timm_model):
+        x = _inputs(timm_model, size)
+        with torch.no_grad():
+            features = timm_model.forward_features(x)
+            out = classifier(x, interpolate_pos_encoding=True, output_hidden_states=True)
+            base = classifier.vit(x, interpolate_pos_encoding=True)
+            expected_logits = timm_model(x)
+        torch.testing.assert_close(base.last_hidden_state, features, **TOL)
+        torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
+        torch.testing.assert_close(out.logits, expected_logits, **TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backbone_parity(variant: str) -> None:
+    """Feature maps equal timm forward_intermediates (NCHW, with and without the final norm, two sizes)."""
+    timm_model = make_timm(variant, dynamic=True)
+    for apply_norm in (True, False):
+        backbone = vitzoo_from_timm(
+            timm_model, VitzooViTBackbone, out_features=["stage1", "stage2"], apply_layernorm=apply_norm
+        )
+        assert backbone.channels == [timm_model.embed_dim] * 2
+        for size in [None, _other_sizes(timm_model)[1]]:
+            x = _inputs(timm_model, size)
+            with torch.no_grad():
+                expected = timm_model.forward_intermediates(x, indices=[0, 1], norm=apply_norm, intermediates_only=True)
+                maps = backbone(x, interpolate_pos_encoding=size is not None).feature_maps
+            assert len(maps) == 2
+            for ours, theirs in zip(maps, expected):
+                assert ours.shape == theirs.shape
+                torch.testing.assert_close(ours, theirs, **TOL)
+
+
+@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled"])
+def test_eager_attentions_are_softmax_rows_and_match_sdpa(variant: str) -> None:
+    """output_attentions returns real probabilities from the eager path, even on an sdpa model."""
+    timm_model = make_timm(variant)
+    model = vitzoo_from_timm(timm_model, VitzooViTModel, attn="sdpa")
+    x = _inputs(timm_model)
+    with torch.no_grad():
+        with_attn = model(x, output_attentions=True)
+        plain = model(x)
+    seq = x.shape[-1] // 8 * x.shape[-2] // 8 + timm_model.num_prefix_tokens
+    assert len(with_attn.attentions) == 2
+    for weights in with_attn.attentions:
+        assert weights.shape == (2, 4, seq, seq)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, seq))
+    torch.testing.assert_close(with_attn.last_hidden_state, plain.last_hidden_state, **TOL)
+
+
+def test_half_precision_runs_close_to_fp32() -> None:
+    timm_model = make_timm("dinov2_reg")
+    model = vitzoo_from_timm(timm_model, VitzooViTModel)
+    x = _inputs(timm_model)
+    with torch.no_grad():
+        reference = model(x).last_hidden_state
+        half = model.to(torch.bfloat16)(x.to(torch.bfloat16)).last_hidden_state
+    assert half.dtype == torch.bfloat16
+    relative = (half.float() - reference).norm() / reference.norm()
+    assert relative < 2e-2, f"bf16 relative error {relative:.3e}"
