@@ -53,7 +53,7 @@ def test_native_size_parity(variant: str, attn: str) -> None:
     torch.testing.assert_close(out.pooler_output, pre_logits, **TOL)
     torch.testing.assert_close(logits, expected_logits, **TOL)
     assert len(out.hidden_states) == len(expected_states) == timm_model.blocks.__len__() + 1
-    for ours, theirs in zip(out.hidden_states, expected_states):
+    for ours, theirs in zip(out.hidden_states, expected_states, strict=True):
         torch.testing.assert_close(ours, theirs, **TOL)
 
 
@@ -89,7 +89,7 @@ def test_backbone_parity(variant: str) -> None:
                 expected = timm_model.forward_intermediates(x, indices=[0, 1], norm=apply_norm, intermediates_only=True)
                 maps = backbone(x, interpolate_pos_encoding=size is not None).feature_maps
             assert len(maps) == 2
-            for ours, theirs in zip(maps, expected):
+            for ours, theirs in zip(maps, expected, strict=True):
                 assert ours.shape == theirs.shape
                 torch.testing.assert_close(ours, theirs, **TOL)
 

@@ -83,8 +83,8 @@ class ClassifierHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         if pooled.shape[-1] != self.in_features:
             raise ValueError(
-                f"The head expects {self.in_features} input features but got {pooled.shape[-1]}: the head was built "
-                "for another hidden size or pooling. Rebuild it (e.g. from_pretrained(..., ignore_mismatched_sizes=True))."
+                f"The head expects {self.in_features} input features but got {pooled.shape[-1]}: it was built for "
+                "another hidden size or pooling. Rebuild it, e.g. from_pretrained(..., ignore_mismatched_sizes=True)."
             )
         return self.layers(self.dropout(pooled))
 

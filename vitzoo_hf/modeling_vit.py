@@ -77,7 +77,7 @@ class VitzooViTEmbeddings(nn.Module):
             pos_embed = resample_abs_pos_embed(pos_embed, grid, self.grid_size, self.num_embedded_prefix)
         if pos_embed is not None and self.config.no_embed_class:
             x = x + pos_embed  # DeiT3 / big_vision: prefix tokens get no position
-        x = torch.cat(prefix + [x], dim=1)
+        x = torch.cat([*prefix, x], dim=1)
         if pos_embed is not None and not self.config.no_embed_class:
             x = x + pos_embed
         return self.pos_drop(x), grid
@@ -171,6 +171,26 @@ class VitzooViTPreTrainedModel(PreTrainedModel):
             init_trunc_normal(init, module.latent, module.latent.shape[-1] ** -0.5)
 
 
+def _output_flags(
+    config: VitzooViTConfig, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> tuple[bool, bool, bool]:
+    """Per-call flags, falling back to the config as transformers models do."""
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if output_hidden_states is None:
+        output_hidden_states = config.output_hidden_states
+    if return_dict is None:
+        return_dict = config.return_dict
+    return bool(output_attentions), bool(output_hidden_states), return_dict
+
+
+def _map_pool(config: VitzooViTConfig) -> AttentionPoolLatent:
+    """SigLIP's attention-pool head, sized as timm sizes it (MLP width = the blocks' intermediate size)."""
+    dim, heads = config.hidden_size, config.num_attention_heads
+    norm = build_norm(config.norm_type, dim, config.layer_norm_eps)
+    return AttentionPoolLatent(config, dim, heads, config.intermediate_size, norm, config.hidden_act)
+
+
 def _encode(
     model: VitzooViTModel,
     pixel_values: torch.Tensor,
@@ -201,18 +221,7 @@ class VitzooViTModel(VitzooViTPreTrainedModel):
         self.blocks = nn.ModuleList(VitzooViTLayer(config, rate) for rate in rates)
         use_fc_norm = config.use_fc_norm
         self.norm = build_norm(norm_type, dim, eps) if config.final_norm and not use_fc_norm else nn.Identity()
-        self.attn_pool = (
-            AttentionPoolLatent(
-                config,
-                dim,
-                config.num_attention_heads,
-                config.intermediate_size,
-                build_norm(norm_type, dim, eps),
-                config.hidden_act,
-            )
-            if config.global_pool == "map"
-            else None
-        )
+        self.attn_pool = _map_pool(config) if config.global_pool == "map" else None
         self.fc_norm = build_norm(norm_type, dim, eps) if config.final_norm and use_fc_norm else nn.Identity()
         self.post_init()
 
@@ -250,10 +259,9 @@ class VitzooViTModel(VitzooViTPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         config = self.config
-        output_attentions = bool(output_attentions if output_attentions is not None else getattr(config, "output_attentions", False))
-        if output_hidden_states is None:
-            output_hidden_states = config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
         hidden, states, attentions, _ = _encode(self, pixel_values, interpolate_pos_encoding, output_attentions)
         last_hidden_state = self.norm(hidden)
         output = BaseModelOutputWithPooling(
@@ -274,24 +282,14 @@ class VitzooViTForImageClassification(VitzooViTPreTrainedModel):
         self.vit = VitzooViTModel(config)
         pooling = config.head_pooling
         if pooling in ("cls", "cls_mean") and not config.class_token:
-            raise ValueError(f"head_pooling={pooling!r} needs a class token but class_token=False; use 'mean' or 'map'.")
-        needs_own_pool = pooling == "map" and config.global_pool != "map"
-        dim, eps = config.hidden_size, config.layer_norm_eps
-        self.attn_pool = (
-            AttentionPoolLatent(
-                config,
-                dim,
-                config.num_attention_heads,
-                config.intermediate_size,
-                build_norm(config.norm_type, dim, eps),
-                config.hidden_act,
+            raise ValueError(
+                f"head_pooling={pooling!r} needs a class token but class_token=False; use 'mean' or 'map'."
             )
-            if needs_own_pool
-            else None
-        )
+        # "map" pooling on a model without its own attention pool trains a fresh one here.
+        self.attn_pool = _map_pool(config) if pooling == "map" and config.global_pool != "map" else None
         head_args = (
             config.head_type,
-            pooled_width(pooling, dim),
+            pooled_width(pooling, config.hidden_size),
             config.num_labels,
             config.head_hidden_sizes,
             config.head_act,
@@ -378,14 +376,13 @@ class VitzooViTBackbone(BackboneMixin, VitzooViTPreTrainedModel):
         **kwargs,
     ) -> BackboneOutput | tuple:
         config = self.config
-        output_attentions = bool(output_attentions if output_attentions is not None else getattr(config, "output_attentions", False))
-        if output_hidden_states is None:
-            output_hidden_states = config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
         _, states, attentions, grid = _encode(self.vit, pixel_values, interpolate_pos_encoding, output_attentions)
         prefix = config.num_prefix_tokens
         maps = []
-        for stage, state in zip(self.stage_names, states):
+        for stage, state in zip(self.stage_names, states, strict=True):
             if stage not in self.out_features:
                 continue
             if config.apply_layernorm:
