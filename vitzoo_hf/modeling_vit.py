@@ -217,7 +217,9 @@ class VitzooViTModel(VitzooViTPreTrainedModel):
         dim, eps, norm_type = config.hidden_size, config.layer_norm_eps, config.norm_type
         self.embeddings = VitzooViTEmbeddings(config)
         self.norm_pre = build_norm(norm_type, dim, eps) if config.pre_norm else nn.Identity()
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        depth = config.num_hidden_layers
+        # timm's linear stochastic-depth rule, in plain Python so the model also builds on the meta device.
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(VitzooViTLayer(config, rate) for rate in rates)
         use_fc_norm = config.use_fc_norm
         self.norm = build_norm(norm_type, dim, eps) if config.final_norm and not use_fc_norm else nn.Identity()
