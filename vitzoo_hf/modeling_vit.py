@@ -144,6 +144,8 @@ class VitzooViTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Loading a classification folder into the headless classes leaves the head out, by design.
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^head_dist\.", r"^head_pool\."]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -288,7 +290,7 @@ class VitzooViTForImageClassification(VitzooViTPreTrainedModel):
                 f"head_pooling={pooling!r} needs a class token but class_token=False; use 'mean' or 'map'."
             )
         # "map" pooling on a model without its own attention pool trains a fresh one here.
-        self.attn_pool = _map_pool(config) if pooling == "map" and config.global_pool != "map" else None
+        self.head_pool = _map_pool(config) if pooling == "map" and config.global_pool != "map" else None
         head_args = (
             config.head_type,
             pooled_width(pooling, config.hidden_size),
@@ -342,7 +344,7 @@ class VitzooViTForImageClassification(VitzooViTPreTrainedModel):
                     raise ValueError("global_pool='' gives no pooled output: set head_pooling for the head.")
                 pooled = outputs.pooler_output
             else:
-                attn_pool = self.attn_pool if self.attn_pool is not None else self.vit.attn_pool
+                attn_pool = self.head_pool if self.head_pool is not None else self.vit.attn_pool
                 pooled = pool_tokens(pooling, tokens, self.config.num_prefix_tokens, self.vit.fc_norm, attn_pool)
             logits = self.head(pooled)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None

@@ -1,0 +1,69 @@
+"""Load a converted folder the way a user would, in a clean process, and return its outputs.
+
+The child process blocks ``vitzoo_hf`` and ``timm`` imports, so only the folder's remote code (torch +
+transformers) can answer. Inputs and outputs travel as safetensors files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+# Runs in the child: block our package and timm, load through the Auto classes, write outputs.
+CHILD = r"""
+import sys
+
+# None in sys.modules: imports fail and find_spec says "not installed", as on a user's machine.
+for hidden in ("vitzoo_hf", "timm", "conversion"):
+    sys.modules[hidden] = None
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageClassification
+
+folder, inputs_path, outputs_path, with_head = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+inputs = load_file(inputs_path)
+outputs = {}
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+classifier = None
+if with_head:
+    classifier = AutoModelForImageClassification.from_pretrained(
+        folder, trust_remote_code=True, dtype=torch.float32
+    ).eval()
+with torch.no_grad():
+    for name, pixel_values in inputs.items():
+        interpolate = name != "native"
+        out = model(pixel_values, interpolate_pos_encoding=interpolate)
+        outputs[f"{name}.last_hidden_state"] = out.last_hidden_state
+        if out.pooler_output is not None:
+            outputs[f"{name}.pooler_output"] = out.pooler_output
+        if classifier is not None:
+            outputs[f"{name}.logits"] = classifier(pixel_values, interpolate_pos_encoding=interpolate).logits
+save_file({k: v.contiguous() for k, v in outputs.items()}, outputs_path)
+"""
+
+
+def clean_env() -> dict[str, str]:
+    """Environment for a user-like child: no PYTHONPATH into this repo, offline, quiet."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    return env
+
+
+def run_folder(folder: Path, inputs: dict[str, torch.Tensor], with_head: bool) -> dict[str, torch.Tensor]:
+    """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_path, outputs_path = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_path))
+        env = clean_env()
+        env["HF_MODULES_CACHE"] = str(Path(tmp) / "modules")
+        args = [sys.executable, "-c", CHILD, str(folder.resolve()), str(inputs_path), str(outputs_path)]
+        result = subprocess.run([*args, "1" if with_head else "0"], cwd=tmp, env=env, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")
+        return load_file(str(outputs_path))
