@@ -282,6 +282,8 @@ class VitzooViTForImageClassification(VitzooViTPreTrainedModel):
 
     def __init__(self, config: VitzooViTConfig) -> None:
         super().__init__(config)
+        # transformers picks the loss from the class name; pin it so user subclasses keep it too.
+        self.loss_type = "ForImageClassification"
         self.num_labels = config.num_labels
         self.vit = VitzooViTModel(config)
         pooling = config.head_pooling

@@ -1,0 +1,136 @@
+"""A saved folder loads as Hub remote code in a fresh process with only torch + transformers (contract 4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessor
+
+from conversion.remote_code import import_problems
+from conversion.verify import clean_env
+from tests.helpers import make_timm, vitzoo_from_timm
+from vitzoo_hf import VitzooViTBackbone, VitzooViTForImageClassification
+
+CHILD = r"""
+import sys
+for hidden in ("vitzoo_hf", "timm", "conversion", "tests"):
+    sys.modules[hidden] = None
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoBackbone
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+folder, io_dir = sys.argv[1], sys.argv[2]
+x = load_file(f"{io_dir}/inputs.safetensors")["pixel_values"]
+out = {}
+with torch.no_grad():
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    base = model(x, output_hidden_states=True)
+    out["last_hidden_state"], out["pooler_output"] = base.last_hidden_state, base.pooler_output
+    out["hidden_state_1"] = base.hidden_states[1]
+    out["interpolated"] = model(torch.nn.functional.pad(x, (0, 8, 0, 8)), interpolate_pos_encoding=True).pooler_output
+    classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    out["logits"] = classifier(x).logits
+    # The documented backbone route (AutoBackbone.from_pretrained(local_path) is broken in transformers 5.1-5.23).
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    backbone_class = get_class_from_dynamic_module(config.auto_map["AutoBackbone"], folder)
+    backbone = backbone_class.from_pretrained(folder, out_features=["stage1", "stage2"]).eval()
+    out["map_0"], out["map_1"] = backbone(x).feature_maps
+out["modules"] = torch.tensor([name.startswith(("vitzoo_hf", "timm")) for name in sys.modules if sys.modules[name]])
+save_file({k: v.contiguous() for k, v in out.items()}, f"{io_dir}/outputs.safetensors")
+print(type(model).__module__)
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, VitzooViTForImageClassification, torch.nn.Module]:
+    folder = tmp_path_factory.mktemp("saved") / "tiny-vit"
+    timm_model = make_timm("dinov2_reg", dynamic=True)
+    model = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, id2label={i: f"class_{i}" for i in range(7)})
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder, model, timm_model
+
+
+def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
+    folder, _, _ = saved
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "vitzoo_vit"
+    assert config["architectures"] == ["VitzooViTForImageClassification"]
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_vit.VitzooViTConfig",
+        "AutoModel": "modeling_vit.VitzooViTModel",
+        "AutoModelForImageClassification": "modeling_vit.VitzooViTForImageClassification",
+        "AutoBackbone": "modeling_vit.VitzooViTBackbone",
+    }
+    code_files = sorted(p.name for p in folder.glob("*.py"))
+    assert code_files == ["configuration_vit.py", "heads.py", "layers.py", "modeling_vit.py"]
+    for name in code_files:
+        assert import_problems(folder / name) == []
+    assert set(load_file(folder / "model.safetensors")) == set(saved[1].state_dict())
+
+
+def test_fresh_process_without_package_matches_in_process(saved, tmp_path: Path) -> None:
+    folder, model, timm_model = saved
+    x = torch.randn(2, 3, 32, 32)
+    save_file({"pixel_values": x}, tmp_path / "inputs.safetensors")
+    args = [sys.executable, "-c", CHILD, str(folder), str(tmp_path)]
+    result = subprocess.run(args, cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().startswith("transformers_modules."), result.stdout
+    out = load_file(tmp_path / "outputs.safetensors")
+    assert not out["modules"].any(), "vitzoo_hf or timm was imported in the remote-code process"
+    with torch.no_grad():
+        base = model.vit(x, output_hidden_states=True)
+        padded = torch.nn.functional.pad(x, (0, 8, 0, 8))
+        backbone = VitzooViTBackbone.from_pretrained(folder, out_features=["stage1", "stage2"]).eval()
+        maps = backbone(x).feature_maps
+        expected = {
+            "last_hidden_state": base.last_hidden_state,
+            "pooler_output": base.pooler_output,
+            "hidden_state_1": base.hidden_states[1],
+            "interpolated": model.vit(padded, interpolate_pos_encoding=True).pooler_output,
+            "logits": model(x).logits,
+            "map_0": maps[0],
+            "map_1": maps[1],
+        }
+        timm_pooled = timm_model.forward_head(timm_model.forward_features(padded), pre_logits=True)
+        torch.testing.assert_close(out["interpolated"], timm_pooled, atol=1e-5, rtol=1e-5)
+    for key, value in expected.items():
+        torch.testing.assert_close(out[key], value, atol=1e-5, rtol=1e-5, msg=f"{key} differs")
+
+
+def test_pipeline_image_classification_returns_named_labels(saved) -> None:
+    from transformers import pipeline
+
+    folder, model, _ = saved
+    classify = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    image = Image.fromarray((torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy())
+    rows = classify(image, top_k=3)
+    assert len(rows) == 3 and all(row["label"].startswith("class_") for row in rows)
+    processor = CLIPImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        probs = model(processor(image, return_tensors="pt").pixel_values).logits.softmax(-1)[0]
+    top = probs.topk(3)
+    assert [row["label"] for row in rows] == [f"class_{i}" for i in top.indices.tolist()]
+    assert [row["score"] for row in rows] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_import_rules_catch_what_breaks_on_the_hub(tmp_path: Path) -> None:
+    (tmp_path / "sibling.py").write_text("X = 1\n")
+    bad = tmp_path / "modeling_bad.py"
+    bad.write_text(
+        "import numpy\nfrom timm.layers import Mlp\nfrom ..pkg import y\nfrom . import sibling\n"
+        "from .missing import Z\nfrom .sibling import X\ntry:\n    import scipy\nexcept ImportError:\n    pass\n"
+    )
+    problems = import_problems(bad)
+    assert len(problems) == 5, problems
+    for fragment in ("numpy", "timm.layers", ":3 relative", ":4 relative", "missing sibling missing.py"):
+        assert any(fragment in problem for problem in problems), (fragment, problems)
