@@ -1,0 +1,134 @@
+"""conversion.convert_timm end to end on tiny perturbed checkpoints, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from conversion.convert_timm import ConversionError, convert
+from tests.helpers import perturb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timm_checkpoint(tmp_path: Path, name: str = "test_vit", suffix: str = ".safetensors", **kwargs) -> Path:
+    model = perturb(timm.create_model(name, pretrained=False, **kwargs))
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        save_file(model.state_dict(), path)
+    else:
+        torch.save({"epoch": 3, "state_dict": model.state_dict(), "optimizer": {}}, path)
+    return path
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_vit3"])
+def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
+    checkpoint = timm_checkpoint(tmp_path, name)
+    out = tmp_path / "converted"
+    command = [sys.executable, "-m", "conversion.convert_timm", f"{name}.r160_in1k", "--checkpoint", str(checkpoint)]
+    result = subprocess.run([*command, "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "verified in a clean process" in result.stdout
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "README.md",
+        "config.json",
+        "configuration_vit.py",
+        "heads.py",
+        "layers.py",
+        "model.safetensors",
+        "modeling_vit.py",
+        "preprocessor_config.json",
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["timm_model_name"] == name and config["timm_pretrained_tag"] == "r160_in1k"
+    assert config["id2label"]["0"] == "tench, Tinca tinca" and len(config["id2label"]) == 1000
+    parity = config["vitzoo_parity"]["max_abs_diff"]
+    assert {"native.logits", "interpolated.logits", "native.pooler_output"} <= set(parity)
+    assert max(parity.values()) <= 1e-4
+    weights = load_file(out / "model.safetensors")
+    source = load_file(checkpoint)
+    torch.testing.assert_close(weights["vit.embeddings.pos_embed"], source["pos_embed"], rtol=0, atol=0)
+    card = (out / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "pipeline_tag: image-classification" in card
+    assert leftovers(tmp_path) == []
+
+
+def test_training_checkpoint_with_finetuned_head_and_bf16(tmp_path: Path) -> None:
+    checkpoint = timm_checkpoint(tmp_path, suffix=".pth", num_classes=5)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\nfrog\n")
+    result = convert("test_vit", tmp_path / "out", checkpoint=checkpoint, dtype="bf16", labels=labels)
+    config = json.loads((result.output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "bird", "3": "fish", "4": "frog"}
+    weights = load_file(result.output_dir / "model.safetensors")
+    assert weights["head.layers.weight"].shape == (5, 64)
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+
+
+def test_sharding_writes_an_index(tmp_path: Path) -> None:
+    result = convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path), max_shard_size="200KB")
+    index = json.loads((result.output_dir / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and all((result.output_dir / s).is_file() for s in shards)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (lambda tmp: dict(model_name="vit_smal_patch16_224"), "Did you mean: vit_small_patch16_224"),
+        (lambda tmp: dict(checkpoint=timm_checkpoint(tmp, "test_vit2")), "does not fit test_vit"),
+        (lambda tmp: dict(checkpoint=tmp / "missing.safetensors"), "does not exist"),
+        (lambda tmp: dict(dtype="int8"), "Unknown dtype 'int8'"),
+    ],
+)
+def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path: Path, prepare, message: str) -> None:
+    kwargs = {"model_name": "test_vit", "checkpoint": None, **prepare(tmp_path)}
+    if kwargs["checkpoint"] is None:
+        kwargs["checkpoint"] = timm_checkpoint(tmp_path)
+    with pytest.raises((ConversionError, FileNotFoundError), match=message):
+        convert(kwargs.pop("model_name"), tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_truncated_checkpoint_and_existing_dir(tmp_path: Path) -> None:
+    checkpoint = timm_checkpoint(tmp_path)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        convert("test_vit", tmp_path / "out", checkpoint=truncated)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="already exists; pass --overwrite"):
+        convert("test_vit", existing, checkpoint=checkpoint)
+    assert (existing / "keep.txt").read_text() == "mine"
+
+
+def test_failed_parity_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
+    """A mapping bug (here: a corrupted tensor after conversion) must stop the conversion, not ship."""
+    import conversion.convert_timm as module
+
+    real = module.convert_state_dict
+
+    def corrupt(state_dict, with_head):
+        converted = real(state_dict, with_head)
+        bias = converted["vit.blocks.0.attn.proj.bias"]  # random, not constant: LayerNorm cancels a constant shift
+        converted["vit.blocks.0.attn.proj.bias"] = bias + torch.randn(bias.shape) * 0.1
+        return converted
+
+    monkeypatch.setattr(module, "convert_state_dict", corrupt)
+    with pytest.raises(ConversionError, match="Parity check failed"):
+        convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path))
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
