@@ -57,21 +57,25 @@ def test_native_size_parity(variant: str, attn: str) -> None:
         torch.testing.assert_close(ours, theirs, **TOL)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_interpolated_sizes_parity(variant: str) -> None:
+def test_interpolated_sizes_parity(variant: str, attn: str) -> None:
     """interpolate_pos_encoding=True equals timm with dynamic_img_size=True (antialiased bicubic resampling)."""
     timm_model = make_timm(variant, dynamic=True)
-    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification)
+    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn=attn)
     for size in _other_sizes(timm_model):
         x = _inputs(timm_model, size)
         with torch.no_grad():
             features = timm_model.forward_features(x)
-            out = classifier(x, interpolate_pos_encoding=True, output_hidden_states=True)
-            base = classifier.vit(x, interpolate_pos_encoding=True)
+            expected_states = _timm_hidden_states(timm_model, x)
+            logits = classifier(x, interpolate_pos_encoding=True).logits
+            base = classifier.vit(x, interpolate_pos_encoding=True, output_hidden_states=True)
             expected_logits = timm_model(x)
         torch.testing.assert_close(base.last_hidden_state, features, **TOL)
         torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
-        torch.testing.assert_close(out.logits, expected_logits, **TOL)
+        torch.testing.assert_close(logits, expected_logits, **TOL)
+        for ours, theirs in zip(base.hidden_states, expected_states, strict=True):
+            torch.testing.assert_close(ours, theirs, **TOL)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
