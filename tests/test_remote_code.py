@@ -134,3 +134,22 @@ def test_import_rules_catch_what_breaks_on_the_hub(tmp_path: Path) -> None:
     assert len(problems) == 5, problems
     for fragment in ("numpy", "timm.layers", ":3 relative", ":4 relative", "missing sibling missing.py"):
         assert any(fragment in problem for problem in problems), (fragment, problems)
+
+
+def test_from_pretrained_builds_on_meta_and_loads_once(saved, monkeypatch) -> None:
+    """No second copy of the weights: the model is built on the meta device and filled from the file."""
+    from vitzoo_hf import VitzooViTModel
+
+    folder, model, _ = saved
+    devices = []
+    original = VitzooViTModel.__init__
+
+    def spy(self, config) -> None:
+        original(self, config)
+        devices.append(self.embeddings.pos_embed.device.type)
+
+    monkeypatch.setattr(VitzooViTModel, "__init__", spy)
+    loaded = VitzooViTForImageClassification.from_pretrained(folder)
+    assert devices == ["meta"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)

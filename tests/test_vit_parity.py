@@ -125,3 +125,12 @@ def test_half_precision_runs_close_to_fp32() -> None:
     assert half.dtype == torch.bfloat16
     relative = (half.float() - reference).norm() / reference.norm()
     assert relative < 2e-2, f"bf16 relative error {relative:.3e}"
+
+
+@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled"])
+def test_flex_attention_parity(variant: str) -> None:
+    timm_model = make_timm(variant)
+    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn="flex_attention")
+    x = _inputs(timm_model)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(x).logits, timm_model(x), **TOL)
