@@ -45,11 +45,13 @@ def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
         "README.md",
         "config.json",
         "configuration_vit.py",
+        "encoder.py",
         "heads.py",
         "layers.py",
         "model.safetensors",
         "modeling_vit.py",
         "preprocessor_config.json",
+        "rope.py",
     ]
     config = json.loads((out / "config.json").read_text())
     assert config["timm_model_name"] == name and config["timm_pretrained_tag"] == "r160_in1k"

@@ -71,7 +71,7 @@ def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
         "AutoBackbone": "modeling_vit.VitzooViTBackbone",
     }
     code_files = sorted(p.name for p in folder.glob("*.py"))
-    assert code_files == ["configuration_vit.py", "heads.py", "layers.py", "modeling_vit.py"]
+    assert code_files == ["configuration_vit.py", "encoder.py", "heads.py", "layers.py", "modeling_vit.py", "rope.py"]
     for name in code_files:
         assert import_problems(folder / name) == []
     assert set(load_file(folder / "model.safetensors")) == set(saved[1].state_dict())

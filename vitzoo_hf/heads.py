@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ImageClassifierOutput
 
 
 def pool_tokens(
@@ -89,9 +90,82 @@ class ClassifierHead(nn.Module):
         return self.layers(self.dropout(pooled))
 
 
-def freeze(module: nn.Module, frozen: bool) -> None:
-    for parameter in module.parameters():
-        parameter.requires_grad_(not frozen)
+class ImageClassifierMixin:
+    """``ForImageClassification`` of any family: a configurable head over a chosen pooling.
+
+    The family's class builds its base model at ``base_model_prefix``, then calls :meth:`init_head` with a
+    factory for a fresh attention pool (used when ``head_pooling="map"`` and the model has none).
+    """
+
+    def init_head(self, config, make_attn_pool) -> None:
+        # transformers picks the loss from the class name; pin it so user subclasses keep it too.
+        self.loss_type = "ForImageClassification"
+        self.num_labels = config.num_labels
+        pooling = config.head_pooling
+        if pooling in ("cls", "cls_mean") and not config.class_token:
+            raise ValueError(
+                f"head_pooling={pooling!r} needs a class token but class_token=False; use 'mean' or 'map'."
+            )
+        # "map" pooling on a model without its own attention pool trains a fresh one here.
+        self.head_pool = make_attn_pool() if pooling == "map" and config.global_pool != "map" else None
+        head_args = (
+            config.head_type,
+            pooled_width(pooling, config.hidden_size),
+            config.num_labels,
+            config.head_hidden_sizes,
+            config.head_act,
+            config.head_dropout,
+            config.head_norm,
+        )
+        self.head = ClassifierHead(*head_args)
+        # DeiT: a second head reads the distillation token and eval logits average both (as timm).
+        two_heads = getattr(config, "distilled", False) and config.head_type == "linear" and pooling is None
+        self.head_dist = ClassifierHead(*head_args) if two_heads else None
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Train only the head (linear probing); ``frozen=False`` undoes it."""
+        for parameter in self.base_model.parameters():
+            parameter.requires_grad_(not frozen)
+        self.config.freeze_backbone = frozen
+
+    def unfreeze_backbone(self) -> None:
+        self.freeze_backbone(False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        config, encoder = self.config, self.base_model
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        outputs = encoder(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        tokens = outputs.last_hidden_state
+        if self.head_dist is not None:
+            logits = (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2
+        elif config.head_pooling is None:
+            if outputs.pooler_output is None:
+                raise ValueError("global_pool='' gives no pooled output: set head_pooling for the head.")
+            logits = self.head(outputs.pooler_output)
+        else:
+            attn_pool = self.head_pool if self.head_pool is not None else encoder.attn_pool
+            pooled = pool_tokens(config.head_pooling, tokens, config.num_prefix_tokens, encoder.fc_norm, attn_pool)
+            logits = self.head(pooled)
+        loss = self.loss_function(labels, logits, config) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["ClassifierHead", "freeze", "pool_tokens", "pooled_width"]
+__all__ = ["ClassifierHead", "ImageClassifierMixin", "pool_tokens", "pooled_width"]

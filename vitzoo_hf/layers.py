@@ -15,6 +15,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .rope import rotate
+
 
 def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     if isinstance(value, int):
@@ -195,7 +197,12 @@ def attention_function(implementation: str | None, output_attentions: bool) -> C
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm ``Attention``)."""
+    """Multi-head self-attention covering timm's ``Attention``, ``EvaAttention`` and ``AttentionRope``.
+
+    ``qkv_layout``: ``fused`` (one ``qkv`` Linear), ``fused_qv_bias`` (EVA: bias-free ``qkv`` plus ``q_bias``
+    and ``v_bias``, the key has no bias) or ``separate`` (``q_proj``/``k_proj``/``v_proj``, with fewer key/value
+    heads for grouped-query attention). A RoPE table rotates queries and keys of the patch tokens only.
+    """
 
     def __init__(
         self,
@@ -207,29 +214,79 @@ class SelfAttention(nn.Module):
         qk_norm: nn.Module | None = None,
         k_norm: nn.Module | None = None,
         out_norm: nn.Module | None = None,
+        qkv_layout: str = "fused",
+        k_bias: bool = True,
+        num_kv_heads: int | None = None,
+        num_prefix_tokens: int = 0,
+        rotate_half: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden_size ({dim}) must be divisible by num_attention_heads ({num_heads}).")
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_attention_heads ({num_heads}) must be a multiple of the key/value heads.")
         self.config = config
-        self.num_heads = num_heads
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv_layout = qkv_layout
+        self.num_prefix_tokens, self.rotate_half = num_prefix_tokens, rotate_half
+        if qkv_layout == "separate":
+            kv_dim = self.head_dim * num_kv_heads
+            self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+            self.k_proj = nn.Linear(dim, kv_dim, bias=qkv_bias and k_bias)
+            self.v_proj = nn.Linear(dim, kv_dim, bias=qkv_bias)
+        elif num_kv_heads != num_heads:
+            raise ValueError("Grouped-query attention needs separate q/k/v projections (qkv_fused=False).")
+        elif qkv_layout == "fused":
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        elif qkv_layout == "fused_qv_bias":
+            self.qkv = nn.Linear(dim, dim * 3, bias=False)
+            self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+            self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        else:
+            raise ValueError(f"Unknown qkv_layout {qkv_layout!r}; expected 'fused', 'fused_qv_bias' or 'separate'.")
         self.q_norm = qk_norm if qk_norm is not None else nn.Identity()
         self.k_norm = k_norm if k_norm is not None else nn.Identity()
         self.norm = out_norm if out_norm is not None else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(getattr(config, "hidden_dropout_prob", 0.0))
 
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, length, _ = x.shape
+        if self.qkv_layout == "separate":
+            heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            return tuple(
+                proj(x).reshape(batch, length, n, self.head_dim).transpose(1, 2)
+                for proj, n in zip(projections, heads, strict=True)
+            )
+        if self.qkv_layout == "fused_qv_bias" and self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:
+            qkv = self.qkv(x)
+        qkv = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return tuple(qkv.unbind(0))
+
+    def _rotate(self, x: torch.Tensor, rope: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        prefix = self.num_prefix_tokens
+        rotated = rotate(x[:, :, prefix:], rope, self.rotate_half)
+        return torch.cat([x[:, :, :prefix], rotated], dim=2).type_as(like)
+
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, dim = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
+        query, key, value = self._project(hidden_states)
         query, key = self.q_norm(query), self.k_norm(key)
+        if rope is not None:
+            query, key = self._rotate(query, rope, value), self._rotate(key, rope, value)
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         attend = attention_function(self.config._attn_implementation, output_attentions)
         out, weights = attend(
             self,

@@ -1,0 +1,256 @@
+"""The ViT-style encoder shared by the vitzoo families: patch tokens, transformer layers, pooling, outputs.
+
+A family's modeling file builds its modules (attention flavour, MLP, RoPE) and inherits the forward passes
+from :class:`EncoderModelMixin` and :class:`EncoderBackboneMixin`, so every family returns the same outputs
+with the same options. The config fields read here are shared by all family configs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
+
+from .layers import (
+    AttentionPoolLatent,
+    DropPath,
+    LayerScale,
+    PatchEmbed,
+    build_norm,
+    check_pixel_values,
+    resample_abs_pos_embed,
+    to_2tuple,
+)
+
+
+class PatchTokenEmbeddings(nn.Module):
+    """Patch embedding, prefix tokens (class, distillation, registers) and absolute position embedding."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = to_2tuple(config.image_size)
+        patch_size = to_2tuple(config.patch_size)
+        self.grid_size = (self.image_size[0] // patch_size[0], self.image_size[1] // patch_size[1])
+        dim = config.hidden_size
+        norm = build_norm(config.norm_type, dim, config.layer_norm_eps) if config.patch_embed_norm else None
+        # CLIP-style pre-norm models have no patch-embed bias (timm: bias=not pre_norm).
+        self.patch_embed = PatchEmbed(patch_size, config.num_channels, dim, bias=not config.pre_norm, norm=norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if getattr(config, "distilled", False) else None
+        regs = config.num_register_tokens
+        self.reg_token = nn.Parameter(torch.zeros(1, regs, dim)) if regs else None
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_embedded_prefix = 0 if config.no_embed_class else config.num_prefix_tokens
+        length = num_patches + self.num_embedded_prefix
+        self.pos_embed = nn.Parameter(torch.zeros(1, length, dim)) if config.use_pos_embed else None
+        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        check_pixel_values(pixel_values, self.config.num_channels)
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height, width) != self.image_size:
+            raise ValueError(
+                f"Input image size ({height}x{width}) doesn't match the model ({self.image_size[0]}x"
+                f"{self.image_size[1]}). Pass interpolate_pos_encoding=True to run at another size, or resize the "
+                "images (the model's image processor does)."
+            )
+        x, grid = self.patch_embed(pixel_values)
+        batch = x.shape[0]
+        prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        pos_embed = self.pos_embed
+        if pos_embed is not None:
+            pos_embed = resample_abs_pos_embed(pos_embed, grid, self.grid_size, self.num_embedded_prefix)
+        if pos_embed is not None and self.config.no_embed_class:
+            x = x + pos_embed  # DeiT3 / big_vision: prefix tokens get no position
+        x = torch.cat([*prefix, x], dim=1)
+        if pos_embed is not None and not self.config.no_embed_class:
+            x = x + pos_embed
+        return self.pos_drop(x), grid
+
+
+class TransformerLayer(GradientCheckpointingLayer):
+    """Pre-norm block with optional LayerScale (timm ``Block``/``EvaBlock``) or a post-norm one
+    (``ResPostBlock``/``EvaBlockPostNorm``: norm after each branch). LayerScale gammas are ``ls1``/``ls2``."""
+
+    def __init__(
+        self,
+        config,
+        attn: nn.Module,
+        mlp: nn.Module,
+        drop_path: float,
+        layer_scale: float | None,
+        mlp_layer_scale: bool = True,
+        post_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        dim, eps, norm_type = config.hidden_size, config.layer_norm_eps, config.norm_type
+        self.post_norm = post_norm
+        self.norm1 = build_norm(norm_type, dim, eps)
+        self.attn = attn
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale and not post_norm else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = build_norm(norm_type, dim, eps)
+        self.mlp = mlp
+        use_ls2 = layer_scale and mlp_layer_scale and not post_norm
+        self.ls2 = LayerScale(dim, layer_scale) if use_ls2 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(
+        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.post_norm:
+            attn, weights = self.attn(hidden_states, rope, output_attentions)
+            hidden_states = hidden_states + self.drop_path1(self.norm1(attn))
+            return hidden_states + self.drop_path2(self.norm2(self.mlp(hidden_states))), weights
+        attn, weights = self.attn(self.norm1(hidden_states), rope, output_attentions)
+        hidden_states = hidden_states + self.drop_path1(self.ls1(attn))
+        hidden_states = hidden_states + self.drop_path2(self.ls2(self.mlp(self.norm2(hidden_states))))
+        return hidden_states, weights
+
+
+def drop_path_rates(config) -> list[float]:
+    """timm's linear stochastic-depth rule, in plain Python so models also build on the meta device."""
+    depth = config.num_hidden_layers
+    return [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def map_pool(config, num_heads: int, hidden: int, act: str) -> AttentionPoolLatent:
+    """Attention pooling with a latent query (SigLIP / PE "map" head)."""
+    dim = config.hidden_size
+    norm = build_norm(config.norm_type, dim, config.layer_norm_eps)
+    return AttentionPoolLatent(config, dim, num_heads, hidden, norm, act)
+
+
+def output_flags(
+    config, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> tuple[bool, bool, bool]:
+    """Per-call flags, falling back to the config as transformers models do."""
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if output_hidden_states is None:
+        output_hidden_states = config.output_hidden_states
+    if return_dict is None:
+        return_dict = config.return_dict
+    return bool(output_attentions), bool(output_hidden_states), return_dict
+
+
+def encode(
+    model: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, output_attentions: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, int]]:
+    """Embeddings and blocks: last (un-normed) tokens, every block input/output, attentions, patch grid.
+
+    A RoPE module (``model.rope``) is evaluated once for the grid; a per-block table (RoPE-Mixed) is split
+    across the blocks.
+    """
+    hidden, grid = model.embeddings(pixel_values, interpolate_pos_encoding)
+    rope_module = getattr(model, "rope", None)
+    rope = rope_module(grid, hidden.device) if rope_module is not None else None
+    per_block = rope is not None and rope.ndim == 4
+    hidden = model.norm_pre(hidden)
+    states, attentions = [hidden], []
+    for index, block in enumerate(model.blocks):
+        hidden, weights = block(hidden, rope[index] if per_block else rope, output_attentions)
+        states.append(hidden)
+        if output_attentions:
+            attentions.append(weights)
+    return hidden, tuple(states), tuple(attentions), grid
+
+
+def pool(config, last_hidden_state: torch.Tensor, attn_pool: nn.Module | None, fc_norm: nn.Module):
+    """timm ``forward_head(x, pre_logits=True)``: the configured global pool, then fc_norm."""
+    kind = config.global_pool
+    if not kind:
+        return None
+    prefix = config.num_prefix_tokens
+    tokens = last_hidden_state if config.pool_include_prefix else last_hidden_state[:, prefix:]
+    if attn_pool is not None:
+        pooled = attn_pool(tokens)
+    elif getattr(config, "distilled", False):
+        pooled = (last_hidden_state[:, 0] + last_hidden_state[:, 1]) / 2
+    elif kind == "token":
+        pooled = last_hidden_state[:, 0]
+    elif kind == "avg":
+        pooled = tokens.mean(dim=1)
+    elif kind == "max":
+        pooled = tokens.amax(dim=1)
+    else:  # avgmax
+        pooled = 0.5 * (tokens.amax(dim=1) + tokens.mean(dim=1))
+    return fc_norm(pooled)
+
+
+class EncoderModelMixin:
+    """Forward of a family's base model: ``last_hidden_state`` = timm ``forward_features``, ``pooler_output``
+    = timm pre-logits. Expects ``embeddings``, ``norm_pre``, ``blocks``, ``norm``, ``attn_pool``, ``fc_norm``
+    (and optionally ``rope``)."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embed
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        hidden, states, attentions, _ = encode(self, pixel_values, interpolate_pos_encoding, output_attentions)
+        last_hidden_state = self.norm(hidden)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pool(self.config, last_hidden_state, self.attn_pool, self.fc_norm),
+            hidden_states=states if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class EncoderBackboneMixin:
+    """NCHW feature maps of chosen blocks, equal to timm ``forward_intermediates``.
+
+    Stage ``stem`` is the embedding output, ``stageN`` the output of block N; ``apply_layernorm`` applies the
+    model's final norm as timm's ``norm=True`` does. The base model sits at ``base_model_prefix``.
+    """
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.embeddings.patch_embed
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        config, encoder = self.config, self.base_model
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
+        _, states, attentions, grid = encode(encoder, pixel_values, interpolate_pos_encoding, output_attentions)
+        prefix = config.num_prefix_tokens
+        maps = []
+        for stage, state in zip(self.stage_names, states, strict=True):
+            if stage not in self.out_features:
+                continue
+            if config.apply_layernorm:
+                state = encoder.norm(state)
+            if config.reshape_hidden_states:
+                state = state[:, prefix:].reshape(state.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+                state = state.contiguous()
+            maps.append(state)
+        output = BackboneOutput(
+            feature_maps=tuple(maps),
+            hidden_states=states if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
