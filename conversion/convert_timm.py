@@ -25,10 +25,9 @@ from timm.models import split_model_name_tag
 from transformers import CLIPImageProcessor
 
 from conversion.checkpoints import load_checkpoint
+from conversion.families import family_for
 from conversion.model_card import write_model_card
 from conversion.verify import run_folder
-from conversion.vit import config_from_timm, convert_state_dict
-from vitzoo_hf import VitzooViTForImageClassification, VitzooViTModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = 1e-4
@@ -54,14 +53,23 @@ def resolve_model_name(model_name: str) -> tuple[str, str | None]:
     return architecture, tag or None
 
 
+def timm_kwargs(model_name: str) -> dict:
+    """dynamic_img_size lets the model serve as the reference at any size. DINOv3's pooled output is the CLS
+    token, as upstream DINOv3 and transformers' DINOv3ViTModel give it (timm defaults to avg)."""
+    kwargs = {"dynamic_img_size": True}
+    if "dinov3" in split_model_name_tag(model_name)[0]:
+        kwargs["global_pool"] = "token"
+    return kwargs
+
+
 def build_timm(model_name: str, checkpoint: Path | None) -> torch.nn.Module:
-    """timm model with the weights to convert; dynamic_img_size lets it serve as the reference at any size."""
+    """timm model holding the weights to convert."""
     if checkpoint is None:
-        return timm.create_model(model_name, pretrained=True, dynamic_img_size=True).eval()
+        return timm.create_model(model_name, pretrained=True, **timm_kwargs(model_name)).eval()
     state_dict = load_checkpoint(checkpoint)
     head = state_dict.get("head.weight")
     num_classes = head.shape[0] if head is not None else 0
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **timm_kwargs(model_name))
     result = model.load_state_dict(state_dict, strict=False)
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model.state_dict()[k].shape)}"
@@ -172,16 +180,17 @@ def convert(
     # The reference sees the same rounding the saved weights get.
     timm_model = timm_model.to(DTYPES[dtype]).float()
     num_classes = getattr(timm_model, "num_classes", 0)
-    config = config_from_timm(timm_model)
+    family = family_for(timm_model)
+    config = family.mapping.config_from_timm(timm_model)
     id2label = id2label_for(timm_model, num_classes, labels)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
     config.timm_version = timm.__version__
     with_head = num_classes > 0
-    model_class = VitzooViTForImageClassification if with_head else VitzooViTModel
-    model = model_class(config)
-    model.load_state_dict(convert_state_dict(timm_model.state_dict(), with_head=with_head), strict=True)
+    model = (family.classifier if with_head else family.model)(config)
+    state_dict = family.mapping.convert_state_dict(timm_model.state_dict(), with_head=with_head)
+    model.load_state_dict(state_dict, strict=True)
     model = model.to(DTYPES[dtype]).eval()
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)

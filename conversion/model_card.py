@@ -16,7 +16,7 @@ def write_model_card(
     checkpoint: Path | None,
 ) -> None:
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
-    with_head = "VitzooViTForImageClassification" in config["architectures"]
+    with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification" if with_head else "image-feature-extraction",

@@ -9,9 +9,11 @@ import torch
 from timm.layers import LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
 from timm.models.vision_transformer import ResPostBlock
 
-from conversion.vit import config_from_timm, convert_state_dict
+from conversion.families import family_for
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=7)
+# RoPE needs head_dim % 4 == 0 with room for several bands: 64 wide, 4 heads.
+TINY_EVA = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=7)
 
 # name -> (timm entrypoint, constructor overrides); each exercises the flags its pretrained namesake uses.
 VIT_VARIANTS: dict[str, tuple[str, dict]] = {
@@ -63,33 +65,63 @@ VIT_VARIANTS: dict[str, tuple[str, dict]] = {
     "nonsquare_ratio": ("vit_base_patch16_224", {"img_size": (32, 48), "patch_size": (8, 4), "mlp_ratio": 2.6153}),
 }
 
+# Each is a real timm Eva entrypoint (so its flags are timm's own), shrunk by TINY_EVA and the overrides.
+EVA_VARIANTS: dict[str, tuple[str, dict]] = {
+    "dinov3": ("vit_small_patch16_dinov3", {"global_pool": "token"}),
+    "dinov3_qkvb": ("vit_small_patch16_dinov3_qkvb", {"global_pool": "token"}),
+    "dinov3_plus_swiglu_aligned": ("vit_small_plus_patch16_dinov3", {"global_pool": "token", "mlp_ratio": 2.7}),
+    "dinov3_7b_style": ("vit_7b_patch16_dinov3", {"global_pool": "token"}),
+    "eva02_mim": ("eva02_base_patch14_224", {"ref_feat_shape": (2, 2), "patch_size": 8}),
+    "eva02_clip_scale_attn": ("eva02_base_patch16_clip_224", {"ref_feat_shape": (3, 3)}),
+    "eva02_enormous_post_norm": ("eva02_enormous_patch14_clip_224", {"patch_size": 8}),
+    "eva_giant_abs_pos": ("eva_giant_patch14_224", {"patch_size": 8}),
+    "rope_mixed": ("vit_small_patch16_rope_mixed_224", {}),
+    "rope_ape_xy": ("vit_small_patch16_rope_ape_224", {}),
+    "rope_reg_gap": ("vit_base_patch16_rope_reg1_gap_256", {"ref_feat_shape": (2, 2)}),
+    "pe_core_map": ("vit_pe_core_base_patch16_224", {"ref_feat_shape": (2, 2), "attn_pool_num_heads": 8}),
+    "pe_spatial_no_final_norm": ("vit_pe_spatial_base_patch16_512", {"ref_feat_shape": (3, 3), "num_classes": 0}),
+    "sapiens2_gqa_rms": ("vit_base_patch16_sapiens2", {"num_kv_heads": (4, 2), "global_pool": "token"}),
+    "lingbot": ("vit_base_patch16_lingbot", {}),
+}
+
 
 @torch.no_grad()
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Add noise to EVERY parameter and buffer: timm's init hides mapping bugs (zero biases, LayerScale 1e-5)."""
+    """Add noise to every parameter and persistent buffer: timm's init hides mapping bugs (zero biases,
+    LayerScale 1e-5). Non-persistent buffers (RoPE tables, EVA's zero key bias) are derived constants that no
+    checkpoint carries, so perturbing them would describe a model no weights can express."""
     generator = torch.Generator().manual_seed(seed)
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in model.state_dict(keep_vars=True).values():
         if tensor.is_floating_point():
             tensor.add_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * 0.1)
     return model
 
 
 def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> torch.nn.Module:
-    name, overrides = VIT_VARIANTS[variant]
-    kwargs = {**TINY, **overrides, **extra}
+    """A tiny perturbed timm model of a vit or eva variant, in eval mode."""
+    if variant in VIT_VARIANTS:
+        name, overrides = VIT_VARIANTS[variant]
+        kwargs = {**TINY, **overrides, **extra}
+    else:
+        name, overrides = EVA_VARIANTS[variant]
+        kwargs = {**TINY_EVA, **overrides, **extra}
     if dynamic:
         kwargs["dynamic_img_size"] = True
     model = timm.create_model(name, pretrained=False, **kwargs)
     return perturb(model, seed).eval()
 
 
-def vitzoo_from_timm(timm_model: torch.nn.Module, model_class, attn: str = "sdpa", **config_overrides):
-    """Build a vitzoo model of ``model_class`` holding the timm model's weights (strict: every key must map)."""
-    config = config_from_timm(timm_model, **config_overrides)
+def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str = "sdpa", **config_overrides):
+    """A vitzoo model (``role``: "model", "classifier" or "backbone") holding the timm model's weights.
+
+    Loading is strict: every converted key must exist in our model and every parameter must be covered.
+    """
+    family = family_for(timm_model)
+    config = family.mapping.config_from_timm(timm_model, **config_overrides)
     config._attn_implementation = attn
-    model = model_class(config)
-    with_head = model_class.__name__.endswith("ForImageClassification")
-    state = convert_state_dict(timm_model.state_dict(), with_head=with_head)
-    target = model.vit if model_class.__name__.endswith("Backbone") else model
+    model = getattr(family, role)(config)
+    with_head = role == "classifier"
+    state = family.mapping.convert_state_dict(timm_model.state_dict(), with_head=with_head)
+    target = model.base_model if role == "backbone" else model
     target.load_state_dict(state, strict=True)
     return model.eval()

@@ -44,6 +44,7 @@ def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
     assert files == [
         "README.md",
         "config.json",
+        "config_common.py",
         "configuration_vit.py",
         "encoder.py",
         "heads.py",
@@ -120,7 +121,7 @@ def test_truncated_checkpoint_and_existing_dir(tmp_path: Path) -> None:
 
 def test_failed_parity_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
     """A mapping bug (here: a corrupted tensor after conversion) must stop the conversion, not ship."""
-    import conversion.convert_timm as module
+    import conversion.vit as module
 
     real = module.convert_state_dict
 
@@ -134,3 +135,19 @@ def test_failed_parity_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConversionError, match="Parity check failed"):
         convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path))
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "pooling"),
+    [("vit_small_patch16_dinov3.lvd1689m", "token"), ("eva02_tiny_patch14_224.mim_in22k", "avg")],
+)
+def test_eva_family_converts_and_verifies(tmp_path: Path, name: str, pooling: str) -> None:
+    """DINOv3 pools the CLS token (its reference is timm with global_pool='token'); EVA02 keeps avg + fc_norm."""
+    checkpoint = timm_checkpoint(tmp_path, name.split(".")[0])
+    result = convert(name, tmp_path / "out", checkpoint=checkpoint)
+    config = json.loads((result.output_dir / "config.json").read_text())
+    assert config["model_type"] == "vitzoo_eva" and config["global_pool"] == pooling
+    assert (result.output_dir / "modeling_eva.py").is_file() and (result.output_dir / "rope.py").is_file()
+    assert {"native.last_hidden_state", "interpolated.pooler_output"} <= set(result.parity)
+    assert max(result.parity.values()) <= 1e-4
+    assert leftovers(tmp_path) == []

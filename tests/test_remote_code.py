@@ -13,10 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessor
 
+import vitzoo_hf
 from conversion.remote_code import import_problems
 from conversion.verify import clean_env
 from tests.helpers import make_timm, vitzoo_from_timm
-from vitzoo_hf import VitzooViTBackbone, VitzooViTForImageClassification
 
 CHILD = r"""
 import sys
@@ -49,36 +49,60 @@ print(type(model).__module__)
 """
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> tuple[Path, VitzooViTForImageClassification, torch.nn.Module]:
-    folder = tmp_path_factory.mktemp("saved") / "tiny-vit"
-    timm_model = make_timm("dinov2_reg", dynamic=True)
-    model = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, id2label={i: f"class_{i}" for i in range(7)})
+FAMILY_FILES = {
+    "vit": [
+        "config_common.py",
+        "configuration_vit.py",
+        "encoder.py",
+        "heads.py",
+        "layers.py",
+        "modeling_vit.py",
+        "rope.py",
+    ],
+    "eva": [
+        "config_common.py",
+        "configuration_eva.py",
+        "encoder.py",
+        "heads.py",
+        "layers.py",
+        "modeling_eva.py",
+        "rope.py",
+    ],
+}
+
+
+@pytest.fixture(scope="module", params=[("vit", "dinov2_reg"), ("eva", "dinov3"), ("eva", "rope_mixed")], ids=str)
+def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module, str]:
+    family, variant = request.param
+    folder = tmp_path_factory.mktemp("saved") / f"tiny-{variant}"
+    timm_model = make_timm(variant, dynamic=True)
+    model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
     model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder, model, timm_model
+    return folder, model, timm_model, family
 
 
 def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
-    folder, _, _ = saved
+    folder, _, _, family = saved
+    prefix = {"vit": "VitzooViT", "eva": "VitzooEva"}[family]
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "vitzoo_vit"
-    assert config["architectures"] == ["VitzooViTForImageClassification"]
+    assert config["model_type"] == f"vitzoo_{family}"
+    assert config["architectures"] == [f"{prefix}ForImageClassification"]
     assert config["auto_map"] == {
-        "AutoConfig": "configuration_vit.VitzooViTConfig",
-        "AutoModel": "modeling_vit.VitzooViTModel",
-        "AutoModelForImageClassification": "modeling_vit.VitzooViTForImageClassification",
-        "AutoBackbone": "modeling_vit.VitzooViTBackbone",
+        "AutoConfig": f"configuration_{family}.{prefix}Config",
+        "AutoModel": f"modeling_{family}.{prefix}Model",
+        "AutoModelForImageClassification": f"modeling_{family}.{prefix}ForImageClassification",
+        "AutoBackbone": f"modeling_{family}.{prefix}Backbone",
     }
     code_files = sorted(p.name for p in folder.glob("*.py"))
-    assert code_files == ["configuration_vit.py", "encoder.py", "heads.py", "layers.py", "modeling_vit.py", "rope.py"]
+    assert code_files == FAMILY_FILES[family]
     for name in code_files:
         assert import_problems(folder / name) == []
     assert set(load_file(folder / "model.safetensors")) == set(saved[1].state_dict())
 
 
 def test_fresh_process_without_package_matches_in_process(saved, tmp_path: Path) -> None:
-    folder, model, timm_model = saved
+    folder, model, timm_model, _ = saved
     x = torch.randn(2, 3, 32, 32)
     save_file({"pixel_values": x}, tmp_path / "inputs.safetensors")
     args = [sys.executable, "-c", CHILD, str(folder), str(tmp_path)]
@@ -88,15 +112,16 @@ def test_fresh_process_without_package_matches_in_process(saved, tmp_path: Path)
     out = load_file(tmp_path / "outputs.safetensors")
     assert not out["modules"].any(), "vitzoo_hf or timm was imported in the remote-code process"
     with torch.no_grad():
-        base = model.vit(x, output_hidden_states=True)
+        base = model.base_model(x, output_hidden_states=True)
         padded = torch.nn.functional.pad(x, (0, 8, 0, 8))
-        backbone = VitzooViTBackbone.from_pretrained(folder, out_features=["stage1", "stage2"]).eval()
-        maps = backbone(x).feature_maps
+        backbone_class = type(model).__name__.replace("ForImageClassification", "Backbone")
+        backbone = getattr(vitzoo_hf, backbone_class).from_pretrained(folder, out_features=["stage1", "stage2"])
+        maps = backbone.eval()(x).feature_maps
         expected = {
             "last_hidden_state": base.last_hidden_state,
             "pooler_output": base.pooler_output,
             "hidden_state_1": base.hidden_states[1],
-            "interpolated": model.vit(padded, interpolate_pos_encoding=True).pooler_output,
+            "interpolated": model.base_model(padded, interpolate_pos_encoding=True).pooler_output,
             "logits": model(x).logits,
             "map_0": maps[0],
             "map_1": maps[1],
@@ -110,7 +135,7 @@ def test_fresh_process_without_package_matches_in_process(saved, tmp_path: Path)
 def test_pipeline_image_classification_returns_named_labels(saved) -> None:
     from transformers import pipeline
 
-    folder, model, _ = saved
+    folder, model, _, _ = saved
     classify = pipeline("image-classification", model=str(folder), trust_remote_code=True)
     image = Image.fromarray((torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy())
     rows = classify(image, top_k=3)
@@ -136,20 +161,23 @@ def test_import_rules_catch_what_breaks_on_the_hub(tmp_path: Path) -> None:
         assert any(fragment in problem for problem in problems), (fragment, problems)
 
 
-def test_from_pretrained_builds_on_meta_and_loads_once(saved, monkeypatch) -> None:
-    """No second copy of the weights: the model is built on the meta device and filled from the file."""
-    from vitzoo_hf import VitzooViTModel
-
-    folder, model, _ = saved
+def test_from_pretrained_builds_on_meta_and_matches_timm(saved, monkeypatch) -> None:
+    """No second copy of the weights (built on the meta device, filled from the file), and the loaded model
+    still equals timm: nothing derived (RoPE tables) is left stale by meta-device construction."""
+    folder, model, timm_model, _ = saved
+    base_class = type(model.base_model)
     devices = []
-    original = VitzooViTModel.__init__
+    original = base_class.__init__
 
     def spy(self, config) -> None:
         original(self, config)
-        devices.append(self.embeddings.pos_embed.device.type)
+        devices.append(self.embeddings.patch_embed.proj.weight.device.type)
 
-    monkeypatch.setattr(VitzooViTModel, "__init__", spy)
-    loaded = VitzooViTForImageClassification.from_pretrained(folder)
+    monkeypatch.setattr(base_class, "__init__", spy)
+    loaded = type(model).from_pretrained(folder).eval()
     assert devices == ["meta"]
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, timm_model(x), atol=1e-5, rtol=1e-5)
+        features = loaded.base_model(x).last_hidden_state
+        torch.testing.assert_close(features, timm_model.forward_features(x), atol=1e-5, rtol=1e-5)

@@ -7,7 +7,14 @@ weights (the folder then loads anywhere with ``trust_remote_code=True``).
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .configuration_eva import VitzooEvaConfig
 from .configuration_vit import VitzooViTConfig
+from .modeling_eva import (
+    VitzooEvaBackbone,
+    VitzooEvaForImageClassification,
+    VitzooEvaModel,
+    VitzooEvaPreTrainedModel,
+)
 from .modeling_vit import (
     VitzooViTBackbone,
     VitzooViTForImageClassification,
@@ -22,6 +29,11 @@ FAMILIES = {
         AutoModel: VitzooViTModel,
         AutoModelForImageClassification: VitzooViTForImageClassification,
         AutoBackbone: VitzooViTBackbone,
+    },
+    VitzooEvaConfig: {
+        AutoModel: VitzooEvaModel,
+        AutoModelForImageClassification: VitzooEvaForImageClassification,
+        AutoBackbone: VitzooEvaBackbone,
     },
 }
 
@@ -39,6 +51,11 @@ _register()
 
 __all__ = [
     "FAMILIES",
+    "VitzooEvaBackbone",
+    "VitzooEvaConfig",
+    "VitzooEvaForImageClassification",
+    "VitzooEvaModel",
+    "VitzooEvaPreTrainedModel",
     "VitzooViTBackbone",
     "VitzooViTConfig",
     "VitzooViTForImageClassification",

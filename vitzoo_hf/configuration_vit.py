@@ -8,30 +8,14 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .config_common import auto_map, check_choice, check_encoder, set_backbone_options, set_head_options
+
 try:  # transformers >= 5
     from transformers.backbone_utils import BackboneConfigMixin
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers.utils.backbone_utils import BackboneConfigMixin
 
-GLOBAL_POOLS = ("token", "avg", "avgmax", "max", "map", "")
-HEAD_TYPES = ("linear", "mlp", "none")
-HEAD_POOLINGS = (None, "cls", "mean", "cls_mean", "map")
-MLP_TYPES = ("mlp", "glu_packed", "swiglu")
-NORM_TYPES = ("layernorm", "rmsnorm")
 BLOCK_TYPES = ("pre_norm", "res_post")
-ACTIVATIONS = ("gelu", "quick_gelu", "gelu_pytorch_tanh", "silu", "relu")
-
-AUTO_MAP = {
-    "AutoConfig": "configuration_vit.VitzooViTConfig",
-    "AutoModel": "modeling_vit.VitzooViTModel",
-    "AutoModelForImageClassification": "modeling_vit.VitzooViTForImageClassification",
-    "AutoBackbone": "modeling_vit.VitzooViTBackbone",
-}
-
-
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}.")
 
 
 class VitzooViTConfig(BackboneConfigMixin, PretrainedConfig):
@@ -106,24 +90,11 @@ class VitzooViTConfig(BackboneConfigMixin, PretrainedConfig):
         reshape_hidden_states: bool = True,
         **kwargs,
     ) -> None:
-        _check_choice("global_pool", global_pool, GLOBAL_POOLS)
-        _check_choice("head_type", head_type, HEAD_TYPES)
-        _check_choice("head_pooling", head_pooling, HEAD_POOLINGS)
-        _check_choice("mlp_type", mlp_type, MLP_TYPES)
-        _check_choice("norm_type", norm_type, NORM_TYPES)
-        _check_choice("block_type", block_type, BLOCK_TYPES)
-        _check_choice("hidden_act", hidden_act, ACTIVATIONS)
-        _check_choice("head_act", head_act, ACTIVATIONS)
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs a class token: set class_token=True or choose another pool.")
+        check_choice("block_type", block_type, BLOCK_TYPES)
         if distilled and (not class_token or global_pool != "token" or num_register_tokens):
             raise ValueError(
                 "distilled=True (DeiT) reads the class and distillation tokens: it needs class_token=True, "
                 "global_pool='token' and no register tokens."
-            )
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})."
             )
         self.image_size = image_size
         self.patch_size = patch_size
@@ -158,18 +129,12 @@ class VitzooViTConfig(BackboneConfigMixin, PretrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.drop_path_rate = drop_path_rate
         self.initializer_range = initializer_range
-        self.head_type = head_type
-        self.head_pooling = head_pooling
-        self.head_hidden_sizes = list(head_hidden_sizes or [])
-        self.head_act = head_act
-        self.head_dropout = head_dropout
-        self.head_norm = head_norm
-        self.freeze_backbone = freeze_backbone
-        self.apply_layernorm = apply_layernorm
-        self.reshape_hidden_states = reshape_hidden_states
-        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, num_hidden_layers + 1)]
-        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
-        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        set_head_options(
+            self, head_type, head_pooling, head_hidden_sizes, head_act, head_dropout, head_norm, freeze_backbone
+        )
+        set_backbone_options(self, out_features, out_indices, apply_layernorm, reshape_hidden_states)
+        check_encoder(self)
+        kwargs.setdefault("auto_map", auto_map("vit", "VitzooViTConfig", "VitzooViT"))
         super().__init__(**kwargs)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
@@ -17,11 +18,14 @@ from .layers import (
     DropPath,
     LayerScale,
     PatchEmbed,
+    SelfAttention,
     build_norm,
     check_pixel_values,
+    init_trunc_normal,
     resample_abs_pos_embed,
     to_2tuple,
 )
+from .rope import RotaryMixed
 
 
 class PatchTokenEmbeddings(nn.Module):
@@ -110,6 +114,37 @@ class TransformerLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.drop_path1(self.ls1(attn))
         hidden_states = hidden_states + self.drop_path2(self.ls2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, weights
+
+
+@torch.no_grad()
+def init_encoder_weights(module: nn.Module, std: float) -> None:
+    """Every parameter of the shared encoder, through transformers' guarded init functions so that weights
+    loaded from a checkpoint are never overwritten (the loader calls this only for missing ones)."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        init_trunc_normal(init, module.weight, std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        if module.weight is not None:
+            init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, PatchTokenEmbeddings):
+        for token in (module.cls_token, module.reg_token):
+            if token is not None:
+                init.normal_(token, std=1e-6)
+        for table in (module.dist_token, module.pos_embed):
+            if table is not None:
+                init_trunc_normal(init, table, std)
+    elif isinstance(module, LayerScale):
+        init.constant_(module.gamma, module.init_value)
+    elif isinstance(module, AttentionPoolLatent):
+        init_trunc_normal(init, module.latent, module.latent.shape[-1] ** -0.5)
+    elif isinstance(module, SelfAttention) and getattr(module, "q_bias", None) is not None:
+        init.zeros_(module.q_bias)
+        init.zeros_(module.v_bias)
+    elif isinstance(module, RotaryMixed):
+        init.copy_(module.freqs, module.initial_freqs())
 
 
 def drop_path_rates(config) -> list[float]:

@@ -6,9 +6,7 @@ weights. Ships as Hub remote code: imports torch, transformers and sibling files
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedModel
 
 try:  # transformers >= 5
@@ -23,10 +21,11 @@ from .encoder import (
     PatchTokenEmbeddings,
     TransformerLayer,
     drop_path_rates,
+    init_encoder_weights,
     map_pool,
 )
 from .heads import ImageClassifierMixin
-from .layers import MLP_TYPES, AttentionPoolLatent, LayerScale, SelfAttention, build_norm, init_trunc_normal
+from .layers import MLP_TYPES, AttentionPoolLatent, SelfAttention, build_norm
 
 
 class VitzooViTLayer(TransformerLayer):
@@ -74,30 +73,8 @@ class VitzooViTPreTrainedModel(PreTrainedModel):
     # Loading a classification folder into the headless classes leaves the head out, by design.
     _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^head_dist\.", r"^head_pool\."]
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Covers every parameter (the loader calls it only for weights missing from a checkpoint)."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init_trunc_normal(init, module.weight, std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, PatchTokenEmbeddings):
-            for token in (module.cls_token, module.reg_token):
-                if token is not None:
-                    init.normal_(token, std=1e-6)
-            for table in (module.dist_token, module.pos_embed):
-                if table is not None:
-                    init_trunc_normal(init, table, std)
-        elif isinstance(module, LayerScale):
-            init.constant_(module.gamma, module.init_value)
-        elif isinstance(module, AttentionPoolLatent):
-            init_trunc_normal(init, module.latent, module.latent.shape[-1] ** -0.5)
+        init_encoder_weights(module, self.config.initializer_range)
 
 
 def _map_pool(config: VitzooViTConfig) -> AttentionPoolLatent:

@@ -1,15 +1,14 @@
-"""Numerical parity with timm for every vit-family variant, on perturbed weights (contract 4, tiny: 1e-5)."""
+"""Numerical parity with timm for every variant of every family, on perturbed weights (contract 4, tiny: 1e-5)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.helpers import VIT_VARIANTS, make_timm, vitzoo_from_timm
-from vitzoo_hf import VitzooViTBackbone, VitzooViTForImageClassification, VitzooViTModel
+from tests.helpers import EVA_VARIANTS, VIT_VARIANTS, make_timm, vitzoo_from_timm
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-VARIANTS = sorted(VIT_VARIANTS)
+VARIANTS = sorted(VIT_VARIANTS) + sorted(EVA_VARIANTS)
 
 
 def _inputs(timm_model, size: tuple[int, int] | None = None, batch: int = 2) -> torch.Tensor:
@@ -26,7 +25,10 @@ def _other_sizes(timm_model) -> list[tuple[int, int]]:
 
 def _timm_hidden_states(timm_model, x: torch.Tensor) -> list[torch.Tensor]:
     """Embedding output then every block output, prefix tokens first (as our hidden_states)."""
-    embed = timm_model.norm_pre(timm_model._pos_embed(timm_model.patch_embed(x)))
+    embed = timm_model._pos_embed(timm_model.patch_embed(x))
+    if isinstance(embed, tuple):  # Eva returns (tokens, rope)
+        embed = embed[0]
+    embed = timm_model.norm_pre(embed)
     blocks = timm_model.forward_intermediates(
         x, indices=None, norm=False, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
     )
@@ -39,8 +41,8 @@ def _timm_hidden_states(timm_model, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_native_size_parity(variant: str, attn: str) -> None:
     timm_model = make_timm(variant)
-    model = vitzoo_from_timm(timm_model, VitzooViTModel, attn=attn)
-    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn=attn)
+    model = vitzoo_from_timm(timm_model, "model", attn=attn)
+    classifier = vitzoo_from_timm(timm_model, "classifier", attn=attn)
     x = _inputs(timm_model)
     with torch.no_grad():
         features = timm_model.forward_features(x)
@@ -62,14 +64,14 @@ def test_native_size_parity(variant: str, attn: str) -> None:
 def test_interpolated_sizes_parity(variant: str, attn: str) -> None:
     """interpolate_pos_encoding=True equals timm with dynamic_img_size=True (antialiased bicubic resampling)."""
     timm_model = make_timm(variant, dynamic=True)
-    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn=attn)
+    classifier = vitzoo_from_timm(timm_model, "classifier", attn=attn)
     for size in _other_sizes(timm_model):
         x = _inputs(timm_model, size)
         with torch.no_grad():
             features = timm_model.forward_features(x)
             expected_states = _timm_hidden_states(timm_model, x)
             logits = classifier(x, interpolate_pos_encoding=True).logits
-            base = classifier.vit(x, interpolate_pos_encoding=True, output_hidden_states=True)
+            base = classifier.base_model(x, interpolate_pos_encoding=True, output_hidden_states=True)
             expected_logits = timm_model(x)
         torch.testing.assert_close(base.last_hidden_state, features, **TOL)
         torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
@@ -84,7 +86,7 @@ def test_backbone_parity(variant: str) -> None:
     timm_model = make_timm(variant, dynamic=True)
     for apply_norm in (True, False):
         backbone = vitzoo_from_timm(
-            timm_model, VitzooViTBackbone, out_features=["stage1", "stage2"], apply_layernorm=apply_norm
+            timm_model, "backbone", out_features=["stage1", "stage2"], apply_layernorm=apply_norm
         )
         assert backbone.channels == [timm_model.embed_dim] * 2
         for size in [None, _other_sizes(timm_model)[1]]:
@@ -98,11 +100,11 @@ def test_backbone_parity(variant: str) -> None:
                 torch.testing.assert_close(ours, theirs, **TOL)
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled", "dinov3", "sapiens2_gqa_rms"])
 def test_eager_attentions_are_softmax_rows_and_match_sdpa(variant: str) -> None:
     """output_attentions returns real probabilities from the eager path, even on an sdpa model."""
     timm_model = make_timm(variant)
-    model = vitzoo_from_timm(timm_model, VitzooViTModel, attn="sdpa")
+    model = vitzoo_from_timm(timm_model, "model", attn="sdpa")
     x = _inputs(timm_model)
     with torch.no_grad():
         with_attn = model(x, output_attentions=True)
@@ -115,9 +117,10 @@ def test_eager_attentions_are_softmax_rows_and_match_sdpa(variant: str) -> None:
     torch.testing.assert_close(with_attn.last_hidden_state, plain.last_hidden_state, **TOL)
 
 
-def test_half_precision_runs_close_to_fp32() -> None:
-    timm_model = make_timm("dinov2_reg")
-    model = vitzoo_from_timm(timm_model, VitzooViTModel)
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3"])
+def test_half_precision_runs_close_to_fp32(variant: str) -> None:
+    timm_model = make_timm(variant)
+    model = vitzoo_from_timm(timm_model, "model")
     x = _inputs(timm_model)
     with torch.no_grad():
         reference = model(x).last_hidden_state
@@ -127,10 +130,32 @@ def test_half_precision_runs_close_to_fp32() -> None:
     assert relative < 2e-2, f"bf16 relative error {relative:.3e}"
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "siglip_map", "deit_distilled", "dinov3", "rope_mixed"])
 def test_flex_attention_parity(variant: str) -> None:
     timm_model = make_timm(variant)
-    classifier = vitzoo_from_timm(timm_model, VitzooViTForImageClassification, attn="flex_attention")
+    classifier = vitzoo_from_timm(timm_model, "classifier", attn="flex_attention")
     x = _inputs(timm_model)
     with torch.no_grad():
         torch.testing.assert_close(classifier(x).logits, timm_model(x), **TOL)
+
+
+def test_rope_training_augmentation_matches_timm() -> None:
+    """Sapiens2 trains with DINOv3's RoPE rescale augmentation: same seed, same random transform as timm;
+    eval stays deterministic."""
+    timm_model = make_timm("sapiens2_gqa_rms", dynamic=True)
+    model = vitzoo_from_timm(timm_model, "model", attn="eager")
+    assert model.rope.rescale == 2.0
+    x = _inputs(timm_model)
+    timm_model.train()
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        expected = timm_model.forward_features(x)
+        torch.manual_seed(7)
+        augmented = model(x).last_hidden_state
+        torch.manual_seed(8)
+        other_draw = model(x).last_hidden_state
+        model.eval()
+        plain = model(x).last_hidden_state
+    torch.testing.assert_close(augmented, expected, **TOL)
+    assert not torch.allclose(augmented, other_draw) and not torch.allclose(augmented, plain)

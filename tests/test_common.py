@@ -1,4 +1,4 @@
-"""transformers' ModelTesterMixin, BackboneTesterMixin and ConfigTester run against the vit family."""
+"""transformers' ModelTesterMixin, BackboneTesterMixin and ConfigTester run against every family."""
 
 from __future__ import annotations
 
@@ -7,27 +7,38 @@ import unittest
 import torch
 
 from tests import transformers_suite
-from vitzoo_hf import VitzooViTBackbone, VitzooViTConfig, VitzooViTForImageClassification, VitzooViTModel
+from vitzoo_hf import (
+    VitzooEvaBackbone,
+    VitzooEvaConfig,
+    VitzooEvaForImageClassification,
+    VitzooEvaModel,
+    VitzooViTBackbone,
+    VitzooViTConfig,
+    VitzooViTForImageClassification,
+    VitzooViTModel,
+)
 
 transformers_suite.load()
-transformers_suite.register_model_names(
-    "vitzoo_vit", "VitzooViTModel", "VitzooViTForImageClassification", "VitzooViTBackbone"
-)
+for prefix, model_type in (("VitzooViT", "vitzoo_vit"), ("VitzooEva", "vitzoo_eva")):
+    transformers_suite.register_model_names(
+        model_type, f"{prefix}Model", f"{prefix}ForImageClassification", f"{prefix}Backbone"
+    )
 
 from transformers_tests.test_backbone_common import BackboneTesterMixin  # noqa: E402
 from transformers_tests.test_configuration_common import ConfigTester  # noqa: E402
 from transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor  # noqa: E402
 
 
-class VitzooViTModelTester:
-    def __init__(self, parent, **overrides) -> None:
+class VitzooModelTester:
+    def __init__(self, parent, config_class=VitzooViTConfig, **overrides) -> None:
         self.parent = parent
+        self.config_class = config_class
         self.batch_size = 3
         self.is_training = True
         self.image_size = 32
         self.patch_size = 8
         self.num_channels = 3
-        self.hidden_size = 32
+        self.hidden_size = 64
         self.num_hidden_layers = 2
         self.num_attention_heads = 4
         self.num_labels = 5
@@ -35,8 +46,8 @@ class VitzooViTModelTester:
         self.num_register_tokens = overrides.get("num_register_tokens", 0)
         self.seq_length = (self.image_size // self.patch_size) ** 2 + 1 + self.num_register_tokens
 
-    def get_config(self) -> VitzooViTConfig:
-        return VitzooViTConfig(
+    def get_config(self):
+        return self.config_class(
             image_size=self.image_size,
             patch_size=self.patch_size,
             num_channels=self.num_channels,
@@ -49,7 +60,7 @@ class VitzooViTModelTester:
             **self.overrides,
         )
 
-    def prepare_config_and_inputs_for_common(self) -> tuple[VitzooViTConfig, dict[str, torch.Tensor]]:
+    def prepare_config_and_inputs_for_common(self):
         pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
         return self.get_config(), {"pixel_values": pixel_values}
 
@@ -61,6 +72,7 @@ class VitzooViTModelTester:
 
 class VitzooViTModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (VitzooViTModel, VitzooViTForImageClassification, VitzooViTBackbone)
+    config_class = VitzooViTConfig
     test_resize_embeddings = False
     test_torch_exportable = True
     test_can_init_all_missing_weights_before_2023 = True  # the init-all-weights check, on
@@ -68,8 +80,8 @@ class VitzooViTModelTest(ModelTesterMixin, unittest.TestCase):
     overrides: dict = {}
 
     def setUp(self) -> None:
-        self.model_tester = VitzooViTModelTester(self, **self.overrides)
-        self.config_tester = ConfigTester(self, config_class=VitzooViTConfig, has_text_modality=False, hidden_size=48)
+        self.model_tester = VitzooModelTester(self, self.config_class, **self.overrides)
+        self.config_tester = ConfigTester(self, config_class=self.config_class, has_text_modality=False, hidden_size=48)
 
     def test_config(self) -> None:
         self.config_tester.run_common_tests()
@@ -84,7 +96,7 @@ class VitzooViTModelTest(ModelTesterMixin, unittest.TestCase):
 
     def test_model_outputs_shapes(self) -> None:
         config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
-        model = VitzooViTForImageClassification(config).eval()
+        model = self.all_model_classes[1](config).eval()
         with torch.no_grad():
             out = model(pixel_values, labels=labels)
         self.assertEqual(out.logits.shape, (self.model_tester.batch_size, self.model_tester.num_labels))
@@ -109,4 +121,65 @@ class VitzooViTBackboneTest(BackboneTesterMixin, unittest.TestCase):
     has_attentions = True
 
     def setUp(self) -> None:
-        self.model_tester = VitzooViTModelTester(self)
+        self.model_tester = VitzooModelTester(self, self.config_class)
+
+
+class VitzooEvaDinoV3Test(VitzooViTModelTest):
+    """DINOv3-style: RoPE over centered coordinates, registers, LayerScale, bias-free fused qkv."""
+
+    all_model_classes = (VitzooEvaModel, VitzooEvaForImageClassification, VitzooEvaBackbone)
+    config_class = VitzooEvaConfig
+    overrides = dict(
+        num_register_tokens=4,
+        layer_scale_init_value=1e-5,
+        qkv_bias=False,
+        rope_type="dinov3",
+        rope_temperature=100.0,
+        rope_rotate_half=True,
+        use_pos_embed=False,
+    )
+
+
+class VitzooEvaEva02Test(VitzooEvaDinoV3Test):
+    """EVA02-style: separate q/k/v (no key bias), SwiGLU with MLP norm, attention-out norm, EVA RoPE."""
+
+    overrides = dict(
+        qkv_fused=False,
+        mlp_type="swiglu",
+        hidden_act="silu",
+        scale_mlp_norm=True,
+        scale_attn_inner=True,
+        rope_type="cat",
+        rope_ref_grid=[2, 2],
+        global_pool="avg",
+        final_norm=False,
+        fc_norm=True,
+    )
+
+
+class VitzooEvaGroupedQueryTest(VitzooEvaDinoV3Test):
+    """Sapiens2-style: grouped-query attention per block, QK norm, RMSNorm, attention-only LayerScale."""
+
+    overrides = dict(
+        attention_type="rope",
+        qkv_fused=False,
+        num_key_value_heads=[4, 2],
+        qk_norm=True,
+        norm_type="rmsnorm",
+        layer_scale_init_value=1.0,
+        attn_only_layer_scale=True,
+        rope_type="dinov3",
+        rope_rotate_half=True,
+        num_register_tokens=2,
+    )
+
+
+class VitzooEvaRopeMixedMapTest(VitzooEvaDinoV3Test):
+    """RoPE-Mixed (learned frequencies per block and head) with a MAP attention-pool head and post-norm blocks."""
+
+    overrides = dict(attention_type="rope", rope_type="mixed", rope_temperature=10.0, global_pool="map", post_norm=True)
+
+
+class VitzooEvaBackboneTest(VitzooViTBackboneTest):
+    all_model_classes = (VitzooEvaBackbone,)
+    config_class = VitzooEvaConfig

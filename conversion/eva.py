@@ -1,0 +1,149 @@
+"""timm ``Eva`` -> ``vitzoo_eva`` config and weights (DINOv3, EVA02, RoPE-ViT, Perception Encoder, Sapiens2...).
+
+Like the vit mapping, the config is read off a built model so that timm's own resolution of every argument
+is what gets converted; each unsupported piece fails here by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from conversion.common import (
+    UnsupportedArchitecture,
+    activation_name,
+    check_attn_pool,
+    check_patch_embed,
+    head_fields,
+    mlp_spec,
+    norm_spec,
+    present,
+)
+from conversion.common import convert_state_dict as _convert
+from vitzoo_hf import VitzooEvaConfig
+
+TIMM_CLASSES = ("Eva",)
+# timm's EvaBlock stores LayerScale as bare gamma_1/gamma_2 parameters; ours are ls1.gamma/ls2.gamma.
+RENAMES = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
+
+
+def _attention_fields(model: nn.Module) -> dict:
+    attn = model.blocks[0].attn
+    name = type(attn).__name__
+    if name not in ("EvaAttention", "AttentionRope"):
+        raise UnsupportedArchitecture(f"attention layer {name} is not supported (EvaAttention, AttentionRope are).")
+    for block in model.blocks:
+        if getattr(block.attn, "gate", None) is not None:
+            raise UnsupportedArchitecture("gated attention (gated_attn=True) is not supported.")
+        if block.attn.head_dim * block.attn.num_heads != model.embed_dim:
+            raise UnsupportedArchitecture(
+                "attention with a head dim other than embed_dim / num_heads is not supported."
+            )
+        if block.attn.proj.bias is None:
+            raise UnsupportedArchitecture("attention output projection without bias is not supported.")
+    fused = attn.qkv is not None
+    if fused:
+        qkv_bias = attn.q_bias is not None if name == "EvaAttention" else attn.qkv.bias is not None
+    else:
+        qkv_bias = attn.q_proj.bias is not None
+    kv_heads = [getattr(block.attn, "num_kv_heads", attn.num_heads) for block in model.blocks]
+    return dict(
+        attention_type="eva" if name == "EvaAttention" else "rope",
+        qkv_fused=fused,
+        qkv_bias=qkv_bias,
+        qk_norm=present(attn.q_norm),
+        scale_attn_inner=present(attn.norm),
+        num_key_value_heads=None if set(kv_heads) == {attn.num_heads} else kv_heads,
+        rope_rotate_half=bool(getattr(attn, "rotate_half", False)),
+    )
+
+
+def _rope_fields(rope: nn.Module | None) -> dict:
+    if rope is None:
+        return dict(rope_type=None)
+    name = type(rope).__name__
+    augment = dict(
+        rope_shift_coords=rope.shift_coords,
+        rope_jitter_coords=rope.jitter_coords,
+        rope_rescale_coords=rope.rescale_coords,
+    )
+    if name == "RotaryEmbeddingCat":
+        if rope.in_pixels or rope.grid_type != "index" or rope.aug_active:
+            raise UnsupportedArchitecture("RotaryEmbeddingCat is supported over patch indices without augmentation.")
+        ref = list(rope.ref_feat_shape) if rope.ref_feat_shape is not None else None
+        return dict(
+            rope_type="cat",
+            rope_temperature=float(rope.temperature),
+            rope_grid_offset=float(rope.grid_offset),
+            rope_grid_indexing=rope.grid_indexing,
+            rope_ref_grid=ref,
+        )
+    if name == "RotaryEmbeddingDinoV3":
+        if rope.min_period is not None or rope.max_period is not None:
+            raise UnsupportedArchitecture("DINOv3 RoPE with min/max periods is not supported (temperature is).")
+        return dict(
+            rope_type="dinov3",
+            rope_temperature=float(rope.temperature),
+            rope_grid_offset=float(rope.grid_offset),
+            rope_grid_indexing=rope.grid_indexing,
+            rope_normalize_coords=rope.normalize_coords,
+            **augment,
+        )
+    if name == "RotaryEmbeddingMixed":
+        if rope.aug_active:
+            raise UnsupportedArchitecture("RoPE-Mixed with coordinate augmentation is not supported.")
+        return dict(rope_type="mixed", rope_temperature=float(rope.temperature), rope_grid_indexing=rope.grid_indexing)
+    raise UnsupportedArchitecture(f"rotary embedding {name} is not supported (cat, dinov3 and mixed are).")
+
+
+def config_from_timm(model: nn.Module, **overrides) -> VitzooEvaConfig:
+    """Read a ``VitzooEvaConfig`` off a timm ``Eva`` model; ``overrides`` set config fields."""
+    if type(model).__name__ not in TIMM_CLASSES:
+        raise UnsupportedArchitecture(f"{type(model).__name__} is not a timm Eva; the eva family cannot hold it.")
+    embed = model.patch_embed
+    check_patch_embed(embed)
+    block = model.blocks[0]
+    block_name = type(block).__name__
+    if block_name not in ("EvaBlock", "EvaBlockPostNorm"):
+        raise UnsupportedArchitecture(f"block type {block_name} is not supported (EvaBlock, EvaBlockPostNorm are).")
+    norm_type, eps = norm_spec(block.norm1)
+    pool = model.attn_pool
+    if pool is not None:
+        check_attn_pool(pool)
+    gamma_1, gamma_2 = getattr(block, "gamma_1", None), getattr(block, "gamma_2", None)
+    fields = dict(
+        image_size=list(embed.img_size),
+        patch_size=list(embed.patch_size),
+        num_channels=embed.proj.in_channels,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads,
+        **mlp_spec(block.mlp),
+        scale_mlp_norm=present(block.mlp.norm),
+        norm_type=norm_type,
+        layer_norm_eps=eps,
+        **_attention_fields(model),
+        layer_scale_init_value=float(block.init_values) if gamma_1 is not None else None,
+        attn_only_layer_scale=gamma_1 is not None and gamma_2 is None,
+        post_norm=block_name == "EvaBlockPostNorm",
+        class_token=model.cls_token is not None,
+        num_register_tokens=model.reg_token.shape[1] if model.reg_token is not None else 0,
+        use_pos_embed=model.pos_embed is not None,
+        no_embed_class=model.no_embed_class,
+        pre_norm=present(model.norm_pre),
+        final_norm=present(model.norm),
+        fc_norm=present(model.fc_norm),
+        global_pool=model.global_pool,
+        attn_pool_num_heads=pool.num_heads if pool is not None else None,
+        attn_pool_intermediate_size=pool.mlp.fc1.out_features if pool is not None else None,
+        **_rope_fields(model.rope),
+        **head_fields(model),
+    )
+    if pool is not None and activation_name(pool.mlp.act) != "gelu":
+        raise UnsupportedArchitecture("Eva attention pools are built with GELU; this one is not.")
+    fields.update(overrides)
+    return VitzooEvaConfig(**fields)
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], with_head: bool = True) -> dict[str, torch.Tensor]:
+    return _convert(state_dict, "eva", with_head, RENAMES)
