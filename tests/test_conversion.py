@@ -151,3 +151,20 @@ def test_eva_family_converts_and_verifies(tmp_path: Path, name: str, pooling: st
     assert {"native.last_hidden_state", "interpolated.pooler_output"} <= set(result.parity)
     assert max(result.parity.values()) <= 1e-4
     assert leftovers(tmp_path) == []
+
+
+def test_dinov3_7b_config_builds_on_meta_with_timms_parameter_count() -> None:
+    from conversion.convert_timm import timm_kwargs
+    from conversion.families import family_for
+
+    name = "vit_7b_patch16_dinov3"
+    with torch.device("meta"):
+        timm_model = timm.create_model(name, pretrained=False, **timm_kwargs(name))
+        family = family_for(timm_model)
+        config = family.mapping.config_from_timm(timm_model)
+        model = family.model(config)
+    assert config.global_pool == "token" and config.rope_type == "dinov3" and config.intermediate_size % 64 == 0
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in family.mapping.convert_state_dict(timm_model.state_dict(), False).items()}
+    assert ours == theirs
+    assert sum(p.numel() for p in model.parameters()) > 6.5e9
