@@ -1,14 +1,42 @@
-"""Read a timm state dict from a local file: safetensors, or a torch pickle (.pth/.bin) possibly wrapping it."""
+"""Read a timm state dict tensor by tensor, and write safetensors shards as they fill.
+
+Together they keep a conversion's peak memory near one shard: names and shapes come from file headers,
+each tensor is read (safetensors, or a memory-mapped torch pickle), cast, written and dropped.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from transformers.utils.hub import convert_file_size_to_int
 
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+
+
+class TensorSource:
+    """Tensors by (timm) name with their shapes known up front; ``get`` reads one tensor."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], origin: str) -> None:
+        self.shapes, self._read, self.origin = shapes, read, origin
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.shapes
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._read(key)
+        except (SafetensorError, RuntimeError, OSError) as error:
+            raise ValueError(f"Cannot read {key} from {self.origin} ({error}); the file may be truncated.") from error
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], origin: str) -> TensorSource:
+        return cls({k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__, origin)
 
 
 def _unwrap(obj: object, source: Path) -> dict[str, torch.Tensor]:
@@ -23,17 +51,74 @@ def _unwrap(obj: object, source: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def _open_safetensors(path: Path) -> TensorSource:
+    try:
+        handle = safe_open(str(path), framework="pt")
+        names = {key.removeprefix("module."): key for key in handle.keys()}  # noqa: SIM118 - not a dict
+        shapes = {name: tuple(handle.get_slice(key).get_shape()) for name, key in names.items()}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be truncated.") from error
+    return TensorSource(shapes, lambda name: handle.get_tensor(names[name]), str(path))
+
+
+def open_checkpoint(path: Path) -> TensorSource:
+    """A lazy view of a local checkpoint: .safetensors, or .pth/.bin (possibly a training checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist or is not a file.")
     if path.suffix == ".safetensors":
-        try:
-            return _unwrap(load_file(str(path)), path)
-        except SafetensorError as error:
-            raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be truncated.") from error
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return _open_safetensors(path)
+    try:  # memory-mapped: tensors stay on disk until read (zip-format pickles, torch >= 2.1)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        try:  # legacy (non-zip) pickles cannot be mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path} is not a readable torch checkpoint ({error}); it may be truncated.") from error
     except Exception as error:
         raise ValueError(f"{path} is not a readable torch checkpoint ({error}); it may be truncated.") from error
-    return _unwrap(obj, path)
+    return TensorSource.from_state_dict(_unwrap(obj, path), str(path))
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The whole state dict (small models, tests)."""
+    source = open_checkpoint(path)
+    return {key: source.get(key) for key in source.shapes}
+
+
+def write_shards(folder: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_size: str | int) -> list[str]:
+    """Write (name, tensor) pairs into safetensors shards of at most ``max_shard_size`` as they arrive.
+
+    One shard is in memory at a time. A single shard is ``model.safetensors``; several get transformers'
+    names and an index with the weight map. Returns the file names written.
+    """
+    limit = convert_file_size_to_int(max_shard_size)
+    shards, current, current_size, total = [], {}, 0, 0
+    weight_map: dict[str, int] = {}
+
+    def flush() -> None:
+        nonlocal current, current_size
+        if current:
+            path = folder / f".shard-{len(shards):05d}.tmp"
+            save_file(current, str(path), metadata={"format": "pt"})
+            shards.append(path)
+            current, current_size = {}, 0
+
+    for name, tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        if current and current_size + size > limit:
+            flush()
+        current[name] = tensor.contiguous()
+        weight_map[name] = len(shards)
+        current_size += size
+        total += size
+    flush()
+    if len(shards) == 1:
+        shards[0].rename(folder / WEIGHTS_NAME)
+        return [WEIGHTS_NAME]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for path, name in zip(shards, names, strict=True):
+        path.rename(folder / name)
+    index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in sorted(weight_map.items())}}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return [*names, INDEX_NAME]

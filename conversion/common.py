@@ -89,25 +89,29 @@ def head_fields(model: nn.Module) -> dict:
 EMBEDDING_KEYS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.")
 
 
-def convert_state_dict(
-    state_dict: dict[str, torch.Tensor], prefix: str, with_head: bool, renames: dict[str, str] | None = None
-) -> dict[str, torch.Tensor]:
-    """timm keys -> keys of the family's ForImageClassification (``with_head``) or base model.
+def convert_key(key: str, prefix: str, with_head: bool, renames: dict[str, str] | None = None) -> str | None:
+    """timm key -> key of the family's ForImageClassification (``with_head``) or base model; None drops it.
 
     Embedding parameters move under ``embeddings.``, ``renames`` maps key suffixes (e.g. ``gamma_1`` ->
     ``ls1.gamma``), the classifier becomes ``head.layers`` and everything else keeps timm's name.
     """
+    head = next((h for h in ("head.", "head_dist.") if key.startswith(h)), None)
+    if head is not None:
+        return head + "layers." + key[len(head) :] if with_head else None
+    for old, new in (renames or {}).items():
+        if key.endswith("." + old):
+            key = key[: -len(old)] + new
+    if key.startswith(EMBEDDING_KEYS):
+        key = "embeddings." + key
+    return f"{prefix}.{key}" if with_head else key
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], prefix: str, with_head: bool, renames: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
     converted = {}
     for key, value in state_dict.items():
-        head = next((h for h in ("head.", "head_dist.") if key.startswith(h)), None)
-        if head is not None:
-            if with_head:
-                converted[head + "layers." + key[len(head) :]] = value
-            continue
-        for old, new in (renames or {}).items():
-            if key.endswith("." + old):
-                key = key[: -len(old)] + new
-        if key.startswith(EMBEDDING_KEYS):
-            key = "embeddings." + key
-        converted[f"{prefix}.{key}" if with_head else key] = value
+        target = convert_key(key, prefix, with_head, renames)
+        if target is not None:
+            converted[target] = value
     return converted

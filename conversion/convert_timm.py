@@ -2,8 +2,10 @@
 
     python -m conversion.convert_timm MODEL_NAME --output-dir DIR [--checkpoint FILE] [--dtype bf16]
 
-The folder is written to a temporary sibling, loaded in a clean process as remote code, compared with timm
-(native size and an interpolated size), and only then renamed to DIR. On any failure nothing is left behind.
+The architecture comes from timm built on the meta device; weights stream tensor by tensor from the
+checkpoint into safetensors shards, so peak memory stays near one shard whatever the model size. The folder
+is written to a temporary sibling, loaded in a clean process as remote code, compared with timm (native size
+and an interpolated size), and only then renamed to DIR. On any failure nothing is left behind.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
 from transformers import CLIPImageProcessor
+from transformers.dynamic_module_utils import custom_object_save
 
-from conversion.checkpoints import load_checkpoint
-from conversion.families import family_for
+from conversion.checkpoints import TensorSource, open_checkpoint, write_shards
+from conversion.families import Family, family_for
 from conversion.model_card import write_model_card
 from conversion.verify import run_folder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = 1e-4
+PARTIAL_BLOCKS = 2
 
 
 class ConversionError(RuntimeError):
@@ -42,6 +46,7 @@ class ConversionResult:
     output_dir: Path
     num_parameters: int
     parity: dict[str, float] = field(default_factory=dict)
+    verified_blocks: int | None = None  # None: the whole model was verified
 
 
 def resolve_model_name(model_name: str) -> tuple[str, str | None]:
@@ -62,28 +67,23 @@ def timm_kwargs(model_name: str) -> dict:
     return kwargs
 
 
-def build_timm(model_name: str, checkpoint: Path | None) -> torch.nn.Module:
-    """timm model holding the weights to convert."""
-    if checkpoint is None:
-        return timm.create_model(model_name, pretrained=True, **timm_kwargs(model_name)).eval()
-    state_dict = load_checkpoint(checkpoint)
-    head = state_dict.get("head.weight")
-    num_classes = head.shape[0] if head is not None else 0
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **timm_kwargs(model_name))
-    result = model.load_state_dict(state_dict, strict=False)
+def check_source_fits(source: TensorSource, skeleton: torch.nn.Module, model_name: str) -> None:
+    """Names and shapes of the checkpoint against the architecture, before any tensor is read."""
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(source.shapes))
+    unexpected = sorted(set(source.shapes) - set(expected))
     mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model.state_dict()[k].shape)}"
-        for k, v in state_dict.items()
-        if k in model.state_dict() and v.shape != model.state_dict()[k].shape
+        f"{k}: checkpoint {source.shapes[k]} vs model {shape}"
+        for k, shape in expected.items()
+        if k in source.shapes and source.shapes[k] != shape
     ]
-    if result.missing_keys or result.unexpected_keys or mismatched:
+    if missing or unexpected or mismatched:
         raise ConversionError(
-            f"{checkpoint} does not fit {model_name}:\n"
-            f"  missing keys: {result.missing_keys[:20]}\n  unexpected keys: {result.unexpected_keys[:20]}\n"
+            f"{source.origin} does not fit {model_name}:\n"
+            f"  missing keys: {missing[:20]}\n  unexpected keys: {unexpected[:20]}\n"
             f"  shape mismatches: {mismatched[:20]}\nPass the timm name of the architecture the checkpoint was "
             "trained with."
         )
-    return model.eval()
 
 
 def id2label_for(model: torch.nn.Module, num_classes: int, labels: Path | None) -> dict[int, str] | None:
@@ -125,39 +125,96 @@ def image_processor_for(model: torch.nn.Module) -> CLIPImageProcessor:
     )
 
 
-def _reference(model: torch.nn.Module, inputs: dict[str, torch.Tensor], with_head: bool) -> dict[str, torch.Tensor]:
-    expected = {}
-    with torch.no_grad():
-        for name, x in inputs.items():
-            features = model.forward_features(x)
-            expected[f"{name}.last_hidden_state"] = features
-            if model.global_pool:
-                expected[f"{name}.pooler_output"] = model.forward_head(features, pre_logits=True)
-            if with_head:
-                expected[f"{name}.logits"] = model.forward_head(features)
-    return expected
+def available_memory() -> int:
+    """Bytes the kernel reports as available (MemAvailable)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-def verify(folder: Path, model: torch.nn.Module, with_head: bool) -> dict[str, float]:
+def verification_bytes(num_parameters: int) -> int:
+    """timm in fp32 here, the folder in fp32 in the child, plus activations and interpreter overhead."""
+    return int(num_parameters * 4 * 2 * 1.25) + 2**30
+
+
+def _reference(
+    model_name: str, source: TensorSource, skeleton: torch.nn.Module, dtype: torch.dtype, blocks: int | None
+) -> torch.nn.Module:
+    """timm holding the converted weights (rounded as saved), whole or truncated to its first ``blocks``."""
+    kwargs = {**timm_kwargs(model_name), "num_classes": getattr(skeleton, "num_classes", 0)}
+    keep = lambda key: True  # noqa: E731
+    if blocks is not None:
+        kwargs["depth"] = blocks
+        kv_heads = [getattr(b.attn, "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
+        if any(h is not None and h != skeleton.blocks[0].attn.num_heads for h in kv_heads):
+            kwargs["num_kv_heads"] = tuple(kv_heads)
+        if "rope.freqs" in source:
+            raise ConversionError("Partial verification is not possible for RoPE-Mixed models (per-block RoPE).")
+        keep = lambda key: not key.startswith("blocks.") or int(key.split(".")[1]) < blocks  # noqa: E731
+    model = timm.create_model(model_name, pretrained=False, **kwargs)
+    state = {k: source.get(k).to(dtype).float() for k in source.shapes if keep(k)}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def verify(
+    folder: Path, reference: torch.nn.Module, with_head: bool, overrides: dict | None = None
+) -> dict[str, float]:
     """Max abs difference per output between the folder (clean process) and timm; raises past tolerance."""
-    ph, pw = model.patch_embed.patch_size
-    height, width = model.patch_embed.img_size
+    ph, pw = reference.patch_embed.patch_size
+    height, width = reference.patch_embed.img_size
     generator = torch.Generator().manual_seed(0)
     inputs = {
         "native": torch.randn(2, 3, height, width, generator=generator),
         "interpolated": torch.randn(2, 3, height + 2 * ph, width - pw, generator=generator),
     }
-    ours = run_folder(folder, inputs, with_head)
-    expected = _reference(model, inputs, with_head)
+    ours = run_folder(folder, inputs, with_head, overrides)
+    expected = {}
+    with torch.no_grad():
+        for name, x in inputs.items():
+            features = reference.forward_features(x)
+            expected[f"{name}.last_hidden_state"] = features
+            if reference.global_pool:
+                expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
+            if with_head:
+                expected[f"{name}.logits"] = reference.forward_head(features)
     if set(ours) != set(expected):
         raise ConversionError(f"Outputs differ in kind: folder gave {sorted(ours)}, timm {sorted(expected)}.")
     parity = {}
-    for key, reference in expected.items():
-        close = torch.allclose(ours[key], reference, atol=TOLERANCE, rtol=TOLERANCE)
-        parity[key] = float((ours[key] - reference).abs().max())
-        if not close:
+    for key, value in expected.items():
+        parity[key] = float((ours[key] - value).abs().max())
+        if not torch.allclose(ours[key], value, atol=TOLERANCE, rtol=TOLERANCE):
             raise ConversionError(f"Parity check failed for {key}: max abs diff {parity[key]:.3e} > {TOLERANCE}.")
     return parity
+
+
+def _write_folder(
+    staging: Path,
+    family: Family,
+    config,
+    source: TensorSource,
+    skeleton: torch.nn.Module,
+    dtype: torch.dtype,
+    max_shard_size: str,
+) -> None:
+    """Weights (streamed), config, code files and image processor; every key must land on our model."""
+    with_head = config.head_type != "none"
+    model_class = family.classifier if with_head else family.model
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    names = {k: family.mapping.convert_key(k, with_head) for k in skeleton.state_dict()}
+    names = {k: v for k, v in names.items() if v is not None}
+    produced = {v: source.shapes[k] for k, v in names.items()}
+    if produced != target:
+        missing, extra = sorted(set(target) - set(produced)), sorted(set(produced) - set(target))
+        raise ConversionError(f"Key mapping bug: missing {missing[:10]}, extra {extra[:10]} (shapes may differ too).")
+    write_shards(staging, ((v, source.get(k).to(dtype)) for k, v in names.items()), max_shard_size)
+    config.architectures = [model_class.__name__]
+    config.dtype = dtype
+    config.save_pretrained(staging)
+    custom_object_save(model_class, staging)
+    image_processor_for(skeleton).save_pretrained(staging)
 
 
 def convert(
@@ -168,50 +225,72 @@ def convert(
     labels: Path | None = None,
     overwrite: bool = False,
     max_shard_size: str = "2GB",
+    memory_budget: int | None = None,
 ) -> ConversionResult:
-    """Python API of the command; see the module docstring."""
+    """Python API of the command. ``memory_budget`` (bytes, default: what the kernel reports available)
+    decides whether the whole model can be verified or only its first blocks."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     architecture, tag = resolve_model_name(model_name)
-    timm_model = build_timm(model_name, checkpoint)
-    # The reference sees the same rounding the saved weights get.
-    timm_model = timm_model.to(DTYPES[dtype]).float()
-    num_classes = getattr(timm_model, "num_classes", 0)
-    family = family_for(timm_model)
-    config = family.mapping.config_from_timm(timm_model)
-    id2label = id2label_for(timm_model, num_classes, labels)
+    kwargs = timm_kwargs(model_name)
+    if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
+        pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
+        source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
+    else:
+        source = open_checkpoint(checkpoint)
+    num_classes = source.shapes["head.weight"][0] if "head.weight" in source else 0
+    with torch.device("meta"):
+        skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+    check_source_fits(source, skeleton, model_name)
+    family = family_for(skeleton)
+    config = family.mapping.config_from_timm(skeleton)
+    id2label = id2label_for(skeleton, num_classes, labels)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
     config.timm_version = timm.__version__
-    with_head = num_classes > 0
-    model = (family.classifier if with_head else family.model)(config)
-    state_dict = family.mapping.convert_state_dict(timm_model.state_dict(), with_head=with_head)
-    model.load_state_dict(state_dict, strict=True)
-    model = model.to(DTYPES[dtype]).eval()
+    num_parameters = sum(p.numel() for p in skeleton.parameters())
+    budget = available_memory() if memory_budget is None else memory_budget
+    needed = verification_bytes(num_parameters)
+    blocks = None if needed <= budget else min(PARTIAL_BLOCKS, len(skeleton.blocks))
+    if blocks is not None:
+        print(
+            f"{model_name} needs ~{needed / 2**30:.1f} GiB to verify whole, {budget / 2**30:.1f} GiB available: "
+            f"verifying with its first {blocks} of {len(skeleton.blocks)} blocks."
+        )
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
-        image_processor_for(timm_model).save_pretrained(staging)
-        parity = verify(staging, timm_model, with_head)
+        _write_folder(staging, family, config, source, skeleton, DTYPES[dtype], max_shard_size)
+        reference = _reference(model_name, source, skeleton, DTYPES[dtype], blocks)
+        overrides = None
+        if blocks is not None:
+            overrides = {"num_hidden_layers": blocks}
+            if isinstance(config.to_dict().get("num_key_value_heads"), list):
+                overrides["num_key_value_heads"] = config.num_key_value_heads[:blocks]
+        parity = verify(staging, reference, num_classes > 0, overrides)
+        del reference
         config_path = staging / "config.json"
         saved = json.loads(config_path.read_text())
-        saved["vitzoo_parity"] = {"max_abs_diff": parity, "tolerance": TOLERANCE, "reference": "timm"}
+        saved["vitzoo_parity"] = {
+            "max_abs_diff": parity,
+            "tolerance": TOLERANCE,
+            "reference": "timm",
+            "verified_blocks": "all" if blocks is None else f"first {blocks} of {len(skeleton.blocks)}",
+        }
         config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-        num_parameters = sum(p.numel() for p in model.parameters())
-        write_model_card(staging, saved, timm_model.pretrained_cfg, parity, num_parameters, checkpoint)
+        write_model_card(staging, saved, skeleton.pretrained_cfg, parity, num_parameters, checkpoint)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ConversionResult(output_dir, num_parameters, parity)
+    return ConversionResult(output_dir, num_parameters, parity, blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     worst = max(result.parity.values())
+    scope = "whole model" if result.verified_blocks is None else f"first {result.verified_blocks} blocks"
     print(f"converted {args.model_name} -> {result.output_dir} ({result.num_parameters:,} parameters)")
-    print(f"verified in a clean process: max abs diff {worst:.2e} over {len(result.parity)} outputs")
+    print(f"verified in a clean process ({scope}): max abs diff {worst:.2e} over {len(result.parity)} outputs")
     return 0
 
 

@@ -25,6 +25,15 @@ def write_model_card(
         base_model=pretrained_cfg.get("hf_hub_id") if checkpoint is None else None,
     )
     rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(parity.items()))
+    scope = config["vitzoo_parity"]["verified_blocks"]
+    if scope != "all":
+        scope_note = (
+            f"\n\nThe model was too large to verify whole in memory, so the check ran on the {scope} blocks of both "
+            "models (all weights were validated by name and shape; every block uses the same mapping). No figure "
+            "here is claimed for the whole depth."
+        )
+    else:
+        scope_note = ""
     source = f"the local checkpoint `{checkpoint.name}`" if checkpoint else f"timm's pretrained weights for `{name}`"
     auto_class = "AutoModelForImageClassification" if with_head else "AutoModel"
     content = f"""---
@@ -57,6 +66,6 @@ second input size against timm built with `dynamic_img_size=True`). Max absolute
 
 | output | max abs diff |
 |---|---|
-{rows}
+{rows}{scope_note}
 """
     ModelCard(content).save(folder / "README.md")

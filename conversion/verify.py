@@ -6,6 +6,7 @@ transformers) can answer. Inputs and outputs travel as safetensors files.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,19 +23,19 @@ import sys
 # None in sys.modules: imports fail and find_spec says "not installed", as on a user's machine.
 for hidden in ("vitzoo_hf", "timm", "conversion"):
     sys.modules[hidden] = None
+import json
+
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageClassification
 
 folder, inputs_path, outputs_path, with_head = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+overrides = json.loads(sys.argv[5])  # config fields, e.g. fewer blocks for a partial check of a huge model
 inputs = load_file(inputs_path)
 outputs = {}
-model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
-classifier = None
-if with_head:
-    classifier = AutoModelForImageClassification.from_pretrained(
-        folder, trust_remote_code=True, dtype=torch.float32
-    ).eval()
+load = dict(trust_remote_code=True, dtype=torch.float32, **overrides)
+model = AutoModel.from_pretrained(folder, **load).eval()
+classifier = AutoModelForImageClassification.from_pretrained(folder, **load).eval() if with_head else None
 with torch.no_grad():
     for name, pixel_values in inputs.items():
         interpolate = name != "native"
@@ -55,7 +56,9 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run_folder(folder: Path, inputs: dict[str, torch.Tensor], with_head: bool) -> dict[str, torch.Tensor]:
+def run_folder(
+    folder: Path, inputs: dict[str, torch.Tensor], with_head: bool, overrides: dict | None = None
+) -> dict[str, torch.Tensor]:
     """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs_path, outputs_path = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
@@ -63,7 +66,8 @@ def run_folder(folder: Path, inputs: dict[str, torch.Tensor], with_head: bool) -
         env = clean_env()
         env["HF_MODULES_CACHE"] = str(Path(tmp) / "modules")
         args = [sys.executable, "-c", CHILD, str(folder.resolve()), str(inputs_path), str(outputs_path)]
-        result = subprocess.run([*args, "1" if with_head else "0"], cwd=tmp, env=env, capture_output=True, text=True)
+        args += ["1" if with_head else "0", json.dumps(overrides or {})]
+        result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")
         return load_file(str(outputs_path))

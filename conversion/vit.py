@@ -19,6 +19,7 @@ from conversion.common import (
     norm_spec,
     present,
 )
+from conversion.common import convert_key as _convert_key
 from conversion.common import convert_state_dict as _convert
 from vitzoo_hf import VitzooViTConfig
 
@@ -89,3 +90,7 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooViTConfig:
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], with_head: bool = True) -> dict[str, torch.Tensor]:
     return _convert(state_dict, "vit", with_head)
+
+
+def convert_key(key: str, with_head: bool = True) -> str | None:
+    return _convert_key(key, "vit", with_head, None)

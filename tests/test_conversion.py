@@ -120,18 +120,20 @@ def test_truncated_checkpoint_and_existing_dir(tmp_path: Path) -> None:
 
 
 def test_failed_parity_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
-    """A mapping bug (here: a corrupted tensor after conversion) must stop the conversion, not ship."""
+    """A mapping bug that names and shapes cannot reveal (two blocks' projections swapped) must stop the
+    conversion through the numeric check, not ship."""
     import conversion.vit as module
 
-    real = module.convert_state_dict
+    real = module.convert_key
+    swap = {
+        "blocks.0.attn.proj.weight": "blocks.1.attn.proj.weight",
+        "blocks.1.attn.proj.weight": "blocks.0.attn.proj.weight",
+    }
 
-    def corrupt(state_dict, with_head):
-        converted = real(state_dict, with_head)
-        bias = converted["vit.blocks.0.attn.proj.bias"]  # random, not constant: LayerNorm cancels a constant shift
-        converted["vit.blocks.0.attn.proj.bias"] = bias + torch.randn(bias.shape) * 0.1
-        return converted
+    def buggy(key: str, with_head: bool = True) -> str | None:
+        return real(swap.get(key, key), with_head)
 
-    monkeypatch.setattr(module, "convert_state_dict", corrupt)
+    monkeypatch.setattr(module, "convert_key", buggy)
     with pytest.raises(ConversionError, match="Parity check failed"):
         convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path))
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -168,3 +170,63 @@ def test_dinov3_7b_config_builds_on_meta_with_timms_parameter_count() -> None:
     theirs = {k: tuple(v.shape) for k, v in family.mapping.convert_state_dict(timm_model.state_dict(), False).items()}
     assert ours == theirs
     assert sum(p.numel() for p in model.parameters()) > 6.5e9
+
+
+def test_too_large_to_verify_whole_is_verified_partially_and_said(tmp_path: Path) -> None:
+    """With less memory than a whole-model check needs, the first blocks are verified and the folder says so."""
+    result = convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path), memory_budget=1)
+    assert result.verified_blocks == 2
+    config = json.loads((result.output_dir / "config.json").read_text())
+    assert config["vitzoo_parity"]["verified_blocks"] == "first 2 of 6"
+    assert config["num_hidden_layers"] == 6 and max(result.parity.values()) <= 1e-4
+    assert "first 2 of 6 blocks" in (result.output_dir / "README.md").read_text()
+
+
+PEAK_MEMORY_CHILD = r"""
+import sys
+from pathlib import Path
+from conversion.checkpoints import open_checkpoint, write_shards
+
+def anonymous_bytes():
+    # RssAnon: memory the process holds. Pages of the memory-mapped checkpoint count in RSS as clean,
+    # file-backed page cache the kernel reclaims under pressure, so VmHWM would overstate what is held.
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+peak = 0
+def tracked(source):
+    global peak
+    for key in source.shapes:
+        yield key, source.get(key)
+        peak = max(peak, anonymous_bytes())
+
+source = open_checkpoint(Path(sys.argv[1]))
+write_shards(Path(sys.argv[2]), tracked(source), "16MB")
+print(max(peak, anonymous_bytes()))
+"""
+
+
+def test_streaming_peak_memory_does_not_grow_with_model_size(tmp_path: Path) -> None:
+    """Peak anonymous memory while streaming a checkpoint into 16 MB shards, small vs a 4x larger model (a
+    measurement, not a timing): the growth stays far below the growth in weights."""
+    peaks, sizes = [], []
+    for name in ("vit_small_patch16_224", "vit_base_patch16_224"):
+        checkpoint = timm_checkpoint(tmp_path, name)
+        out = tmp_path / f"shards-{name}"
+        out.mkdir()
+        run = subprocess.run(
+            [sys.executable, "-c", PEAK_MEMORY_CHILD, str(checkpoint), str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        peaks.append(int(run.stdout.strip().splitlines()[-1]))
+        sizes.append(checkpoint.stat().st_size)
+        assert len(list(out.glob("model-*.safetensors"))) > 3
+    weights_growth, peak_growth = sizes[1] - sizes[0], peaks[1] - peaks[0]
+    assert weights_growth > 200e6
+    assert peak_growth < 0.25 * weights_growth, (
+        f"peak grew {peak_growth / 1e6:.0f} MB for {weights_growth / 1e6:.0f} MB"
+    )
