@@ -61,13 +61,28 @@ def _open_safetensors(path: Path) -> TensorSource:
     return TensorSource(shapes, lambda name: handle.get_tensor(names[name]), str(path))
 
 
+def _open_sharded(index_path: Path) -> TensorSource:
+    """A sharded safetensors checkpoint through its index (the layout large checkpoints are published in)."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"{index_path} is not a safetensors index (no weight_map): {error}") from error
+    shards = {name: _open_safetensors(index_path.parent / name) for name in sorted(set(weight_map.values()))}
+    by_key = {key.removeprefix("module."): shards[name] for key, name in weight_map.items()}
+    shapes = {key: source.shapes[key] for key, source in by_key.items()}
+    return TensorSource(shapes, lambda key: by_key[key].get(key), str(index_path))
+
+
 def open_checkpoint(path: Path) -> TensorSource:
-    """A lazy view of a local checkpoint: .safetensors, or .pth/.bin (possibly a training checkpoint)."""
+    """A lazy view of a local checkpoint: .safetensors, a sharded safetensors index (.index.json), or
+    .pth/.bin (possibly a training checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist or is not a file.")
     if path.suffix == ".safetensors":
         return _open_safetensors(path)
+    if path.name.endswith(".index.json"):
+        return _open_sharded(path)
     try:  # memory-mapped: tensors stay on disk until read (zip-format pickles, torch >= 2.1)
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:

@@ -138,17 +138,28 @@ def verification_bytes(num_parameters: int) -> int:
     return int(num_parameters * 4 * 2 * 1.25) + 2**30
 
 
+def truncated_kwargs(skeleton: torch.nn.Module, blocks: int) -> dict:
+    """timm constructor arguments for a copy with only the first ``blocks`` blocks (per-block ones cut)."""
+    kwargs = {"depth": blocks}
+    kv_heads = [getattr(b.attn, "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
+    if any(h is not None and h != skeleton.blocks[0].attn.num_heads for h in kv_heads):
+        kwargs["num_kv_heads"] = tuple(kv_heads)
+    return kwargs
+
+
 def _reference(
-    model_name: str, source: TensorSource, skeleton: torch.nn.Module, dtype: torch.dtype, blocks: int | None
+    model_name: str,
+    source: TensorSource,
+    skeleton: torch.nn.Module,
+    dtype: torch.dtype,
+    blocks: int | None,
+    kwargs: dict,
 ) -> torch.nn.Module:
     """timm holding the converted weights (rounded as saved), whole or truncated to its first ``blocks``."""
-    kwargs = {**timm_kwargs(model_name), "num_classes": getattr(skeleton, "num_classes", 0)}
+    kwargs = {**kwargs, "num_classes": getattr(skeleton, "num_classes", 0)}
     keep = lambda key: True  # noqa: E731
     if blocks is not None:
-        kwargs["depth"] = blocks
-        kv_heads = [getattr(b.attn, "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
-        if any(h is not None and h != skeleton.blocks[0].attn.num_heads for h in kv_heads):
-            kwargs["num_kv_heads"] = tuple(kv_heads)
+        kwargs.update(truncated_kwargs(skeleton, blocks))
         if "rope.freqs" in source:
             raise ConversionError("Partial verification is not possible for RoPE-Mixed models (per-block RoPE).")
         keep = lambda key: not key.startswith("blocks.") or int(key.split(".")[1]) < blocks  # noqa: E731
@@ -226,16 +237,18 @@ def convert(
     overwrite: bool = False,
     max_shard_size: str = "2GB",
     memory_budget: int | None = None,
+    model_kwargs: dict | None = None,
 ) -> ConversionResult:
     """Python API of the command. ``memory_budget`` (bytes, default: what the kernel reports available)
-    decides whether the whole model can be verified or only its first blocks."""
+    decides whether the whole model can be verified or only its first blocks; ``model_kwargs`` are extra timm
+    constructor arguments for the architecture (e.g. a reduced depth for a checkpoint trained that way)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     architecture, tag = resolve_model_name(model_name)
-    kwargs = timm_kwargs(model_name)
+    kwargs = {**timm_kwargs(model_name), **(model_kwargs or {})}
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
@@ -262,11 +275,18 @@ def convert(
             f"verifying with its first {blocks} of {len(skeleton.blocks)} blocks."
         )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    except OSError as error:
+        raise ConversionError(
+            f"Cannot write to {output_dir.parent} ({error.strerror}); choose an --output-dir you can write to."
+        ) from error
+    try:
+        print(f"writing {model_name} ({num_parameters:,} parameters) to {output_dir}", flush=True)
         _write_folder(staging, family, config, source, skeleton, DTYPES[dtype], max_shard_size)
-        reference = _reference(model_name, source, skeleton, DTYPES[dtype], blocks)
+        print("verifying in a clean process", flush=True)
+        reference = _reference(model_name, source, skeleton, DTYPES[dtype], blocks, kwargs)
         overrides = None
         if blocks is not None:
             overrides = {"num_hidden_layers": blocks}

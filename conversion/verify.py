@@ -33,9 +33,17 @@ folder, inputs_path, outputs_path, with_head = sys.argv[1], sys.argv[2], sys.arg
 overrides = json.loads(sys.argv[5])  # config fields, e.g. fewer blocks for a partial check of a huge model
 inputs = load_file(inputs_path)
 outputs = {}
-load = dict(trust_remote_code=True, dtype=torch.float32, **overrides)
-model = AutoModel.from_pretrained(folder, **load).eval()
-classifier = AutoModelForImageClassification.from_pretrained(folder, **load).eval() if with_head else None
+load = dict(trust_remote_code=True, dtype=torch.float32, output_loading_info=True, **overrides)
+model, info = AutoModel.from_pretrained(folder, **load)
+classifier = None
+if with_head:
+    classifier, info = AutoModelForImageClassification.from_pretrained(folder, **load)
+# transformers would fill missing weights with a fresh init and only report it: that is a broken folder.
+broken = {k: info[k] for k in ("missing_keys", "mismatched_keys") if info[k]}
+if broken:
+    sys.exit(f"weights do not match the config: {broken}")
+model.eval()
+classifier = classifier.eval() if classifier is not None else None
 with torch.no_grad():
     for name, pixel_values in inputs.items():
         interpolate = name != "native"
@@ -45,7 +53,7 @@ with torch.no_grad():
             outputs[f"{name}.pooler_output"] = out.pooler_output
         if classifier is not None:
             outputs[f"{name}.logits"] = classifier(pixel_values, interpolate_pos_encoding=interpolate).logits
-save_file({k: v.contiguous() for k, v in outputs.items()}, outputs_path)
+save_file({k: v.clone() for k, v in outputs.items()}, outputs_path)  # views share storage
 """
 
 

@@ -230,3 +230,45 @@ def test_streaming_peak_memory_does_not_grow_with_model_size(tmp_path: Path) -> 
     assert peak_growth < 0.25 * weights_growth, (
         f"peak grew {peak_growth / 1e6:.0f} MB for {weights_growth / 1e6:.0f} MB"
     )
+
+
+def test_unwritable_destination_and_unsupported_architecture(tmp_path: Path) -> None:
+    checkpoint = timm_checkpoint(tmp_path)
+    with pytest.raises(ConversionError, match=r"Cannot write to /sys/vitzoo .*choose an --output-dir"):
+        convert("test_vit", Path("/sys/vitzoo/out"), checkpoint=checkpoint)
+    pwee = timm_checkpoint(tmp_path, "vit_pwee_patch16_reg1_gap_256", depth=1)
+    with pytest.raises(ValueError, match="block type ParallelScalingBlock is not supported"):
+        convert("vit_pwee_patch16_reg1_gap_256", tmp_path / "out", checkpoint=pwee, model_kwargs={"depth": 1})
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_batch_converts_a_manifest_skips_finished_and_reports(tmp_path: Path) -> None:
+    from conversion import batch
+
+    good = timm_checkpoint(tmp_path, "test_vit")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"# two models, one broken\ntest_vit.r160_in1k {good}\n\ntest_vit2 {good}  # wrong arch\n")
+    root = tmp_path / "out"
+    first = subprocess.run(
+        [sys.executable, "-m", "conversion.batch", str(manifest), "--output-root", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert "| test_vit.r160_in1k | 0.4 M |" in first.stdout and "| converted |" in first.stdout
+    assert "failed: " in first.stdout and "1/2 done, 1 failed" in first.stdout
+    assert (root / "test_vit.r160_in1k" / "config.json").is_file() and not (root / "test_vit2").exists()
+    again = batch.run(batch.read_manifest(manifest)[:1], root, "fp32", overwrite=False)
+    assert again[0].status == "skipped (done)" and again[0].parity != "-"
+
+
+def test_sweep_converts_real_tags_at_reduced_depth() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "conversion.sweep", "--filter", "sapiens2", "--depth", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "5/5 converted with parity" in run.stdout

@@ -1,0 +1,128 @@
+"""Convert a manifest of timm models in one run.
+
+    python -m conversion.batch MANIFEST --output-root DIR [--dtype bf16] [--overwrite]
+
+MANIFEST has one model per line: ``timm_name[.tag] [checkpoint_path]``; blank lines and ``#`` comments are
+skipped. Each model goes to DIR/<name>. Folders already converted (a verified config.json for the same
+name) are skipped, so an interrupted run resumes. One failure does not stop the others; the run ends with a
+table (name, parameters, parity, seconds, status) and exits non-zero if any conversion failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from conversion.convert_timm import DTYPES, convert
+
+
+@dataclass
+class Entry:
+    name: str
+    checkpoint: Path | None
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str
+    parameters: int | None = None
+    parity: str = "-"
+    seconds: float = 0.0
+
+
+def read_manifest(path: Path) -> list[Entry]:
+    entries = []
+    for number, raw in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise ValueError(f"{path}:{number}: expected 'timm_name [checkpoint]', got {raw!r}")
+        entries.append(Entry(parts[0], Path(parts[1]) if len(parts) == 2 else None))
+    return entries
+
+
+def finished(folder: Path, name: str) -> dict | None:
+    """The saved config if ``folder`` already holds a verified conversion of ``name``."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    tag = config.get("timm_pretrained_tag")
+    converted = config.get("timm_model_name", "") + (f".{tag}" if tag else "")
+    return config if "vitzoo_parity" in config and converted == name else None
+
+
+def _parity(max_abs_diff: dict[str, float], scope: str) -> str:
+    text = f"{max(max_abs_diff.values()):.1e}"
+    return text if scope == "all" else f"{text} ({scope} blocks)"
+
+
+def run(entries: list[Entry], output_root: Path, dtype: str, overwrite: bool) -> list[Outcome]:
+    outcomes = []
+    for entry in tqdm(entries, desc="converting", unit="model"):
+        folder = output_root / entry.name
+        done = None if overwrite else finished(folder, entry.name)
+        if done is not None:
+            parity = done["vitzoo_parity"]
+            outcomes.append(
+                Outcome(entry.name, "skipped (done)", parity=_parity(parity["max_abs_diff"], parity["verified_blocks"]))
+            )
+            continue
+        start = time.perf_counter()
+        try:
+            result = convert(entry.name, folder, checkpoint=entry.checkpoint, dtype=dtype, overwrite=True)
+        except Exception as error:  # one model's failure must not stop the batch
+            message = str(error).splitlines()[0][:100]
+            outcomes.append(Outcome(entry.name, f"failed: {message}", seconds=time.perf_counter() - start))
+            continue
+        scope = "all" if result.verified_blocks is None else f"first {result.verified_blocks}"
+        outcomes.append(
+            Outcome(
+                entry.name,
+                "converted",
+                result.num_parameters,
+                _parity(result.parity, scope),
+                time.perf_counter() - start,
+            )
+        )
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = ["| model | parameters | parity (max abs diff) | seconds | status |", "|---|---|---|---|---|"]
+    for o in outcomes:
+        params = f"{o.parameters / 1e6:.1f} M" if o.parameters else "-"
+        lines.append(f"| {o.name} | {params} | {o.parity} | {o.seconds:.1f} | {o.status} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--output-root", required=True, type=Path)
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--overwrite", action="store_true", help="convert again even if a folder is done")
+    args = parser.parse_args(argv)
+    try:
+        entries = read_manifest(args.manifest)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    outcomes = run(entries, args.output_root, args.dtype, args.overwrite)
+    print(table(outcomes))
+    failed = sum(o.status.startswith("failed") for o in outcomes)
+    print(f"{len(outcomes) - failed}/{len(outcomes)} done, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""push_to_hub.py against the Hub stand-in: validation before upload, publishing, pinned reloads, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+from safetensors.torch import load_file, save_file
+
+from conversion.convert_timm import convert
+from conversion.verify import clean_env
+from tests import hub_server
+from tests.helpers import perturb
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_test_secret_token_123"
+
+RELOAD_CHILD = r"""
+import sys
+for hidden in ("vitzoo_hf", "timm", "conversion", "tests"):
+    sys.modules[hidden] = None
+import torch
+from transformers import AutoModel
+source, revision = sys.argv[1], sys.argv[2] or None
+model = AutoModel.from_pretrained(source, trust_remote_code=True, revision=revision).eval()
+with torch.no_grad():
+    out = model(torch.linspace(-1, 1, 3 * 160 * 160).reshape(1, 3, 160, 160))
+print(out.pooler_output.flatten()[:8].tolist())
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("converted")
+    checkpoint = work / "test_vit.safetensors"
+    save_file(perturb(timm.create_model("test_vit")).state_dict(), checkpoint)
+    return convert("test_vit.r160_in1k", work / "test_vit.r160_in1k", checkpoint=checkpoint).output_dir
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    server, state = hub_server.start(TOKEN)
+    env = clean_env()
+    env.pop("HF_HUB_OFFLINE"), env.pop("TRANSFORMERS_OFFLINE")
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_TOKEN=TOKEN,
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    yield state, env
+    server.shutdown()
+
+
+def push(env: dict, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "push_to_hub.py"), *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def posts(state: hub_server.HubState) -> list[str]:
+    return [path for method, path, _ in state.requests if method == "POST"]
+
+
+def reload(env: dict, source: str, revision: str = "") -> list[float]:
+    run = subprocess.run(
+        [sys.executable, "-c", RELOAD_CHILD, source, revision], cwd="/", env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_publish_then_reload_pinned_in_a_fresh_process(folder: Path, hub) -> None:
+    state, env = hub
+    run = push(env, str(folder), "--repo-id", "vitzoo/tiny-vit")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert TOKEN not in output
+    repo = state.repos["vitzoo/tiny-vit"]
+    sha = repo.refs["main"]
+    assert f'revision="{sha}"' in run.stdout and f"published at {sha}" in run.stdout
+    published = repo.commits[sha]
+    local = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert {k: v for k, v in published.items() if k != ".gitattributes"} == local
+    assert all(authorised for method, _, authorised in state.requests if method == "POST")
+    # A user's machine: only torch + transformers, loading by repo id pinned to the published commit.
+    from_hub = reload(env, "vitzoo/tiny-vit", sha)
+    assert from_hub == pytest.approx(reload(env, str(folder)), abs=1e-6)
+
+    again = push(env, str(folder), "--repo-id", "vitzoo/tiny-vit")
+    assert again.returncode == 0 and "unchanged (already on the Hub): nothing published" in again.stdout
+    assert repo.refs["main"] == sha and len(repo.commits) == 2  # the initial commit and ours
+
+
+def test_dry_run_prints_the_plan_and_uploads_nothing(folder: Path, hub) -> None:
+    state, env = hub
+    run = push(env, str(folder), "--repo-id", "vitzoo/tiny-vit", "--dry-run", "--revision", "v1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    size = (folder / "model.safetensors").stat().st_size
+    count = sum(p.is_file() for p in folder.iterdir())
+    assert f"repo vitzoo/tiny-vit @ v1: {count} files" in run.stdout
+    assert f"model.safetensors  {size:,} bytes" in run.stdout and "dry run: nothing uploaded" in run.stdout
+    assert posts(state) == []
+
+
+def test_branch_and_pull_request(folder: Path, hub) -> None:
+    state, env = hub
+    assert push(env, str(folder), "--repo-id", "vitzoo/tiny-vit", "--revision", "dev").returncode == 0
+    assert push(env, str(folder), "--repo-id", "vitzoo/tiny-vit", "--create-pr").returncode == 0
+    refs = state.repos["vitzoo/tiny-vit"].refs
+    assert "dev" in refs and "refs/pr/1" in refs
+    assert (
+        refs["main"] != refs["dev"] and "model.safetensors" not in state.repos["vitzoo/tiny-vit"].commits[refs["main"]]
+    )
+
+
+def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    if how == "missing file":
+        (copy / "preprocessor_config.json").unlink()
+    elif how == "bad import":
+        layers = copy / "layers.py"
+        layers.write_text("import numpy\n" + layers.read_text())
+    elif how == "truncated weights":
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:5000])
+    elif how == "weights missing a tensor":
+        tensors = load_file(copy / "model.safetensors")
+        tensors.pop("vit.blocks.0.attn.qkv.weight")
+        save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("missing file", "missing preprocessor_config.json"),
+        ("bad import", "layers.py:1 imports numpy"),
+        ("truncated weights", "model.safetensors is not a readable safetensors file"),
+        ("weights missing a tensor", "weights do not match the config"),
+    ],
+)
+def test_invalid_folders_are_refused_before_any_upload(folder: Path, hub, tmp_path: Path, how, message) -> None:
+    state, env = hub
+    run = push(env, str(_broken(folder, tmp_path, how)), "--repo-id", "vitzoo/tiny-vit")
+    assert run.returncode == 1 and message in run.stderr, run.stderr[-2000:]
+    assert posts(state) == []
+
+
+def test_no_token_is_a_clear_error(folder: Path, hub) -> None:
+    state, env = hub
+    env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    run = push(env, str(folder), "--repo-id", "vitzoo/tiny-vit")
+    assert run.returncode == 1 and "no Hugging Face token: set HF_TOKEN" in run.stderr
+    assert posts(state) == []
+
+
+def test_many_folders_under_an_org_stop_cleanly_on_failure(folder: Path, hub, tmp_path: Path) -> None:
+    state, env = hub
+    root = tmp_path / "many"
+    for name in ("a-model", "b-model", "c-model"):
+        shutil.copytree(folder, root / name)
+    state.forbidden.add("vitzoo/b-model")
+    run = push(env, str(root), "--org", "vitzoo")
+    assert run.returncode == 1
+    assert "| vitzoo/a-model |" in run.stdout and "| vitzoo/b-model | - | failed:" in run.stdout
+    assert "earlier repos are intact; not attempted: ['vitzoo/c-model']" in run.stderr
+    assert "model.safetensors" in state.repos["vitzoo/a-model"].commits[state.repos["vitzoo/a-model"].refs["main"]]
+    assert "vitzoo/c-model" not in state.repos
+    assert TOKEN not in run.stdout + run.stderr
+
+
+def test_token_is_not_accepted_on_the_command_line(folder: Path, hub) -> None:
+    _, env = hub
+    run = push(env, str(folder), "--repo-id", "vitzoo/x", "--token", TOKEN)
+    assert run.returncode == 2 and "unrecognized arguments" in run.stderr
+    assert os.environ.get("HF_TOKEN") != TOKEN
