@@ -58,7 +58,14 @@ def _open_safetensors(path: Path) -> TensorSource:
         shapes = {name: tuple(handle.get_slice(key).get_shape()) for name, key in names.items()}
     except SafetensorError as error:
         raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be truncated.") from error
-    return TensorSource(shapes, lambda name: handle.get_tensor(names[name]), str(path))
+
+    def read(name: str) -> torch.Tensor:
+        # A handle per tensor: the tensor maps only its own bytes, and the mapping goes when the tensor does,
+        # so resident memory stays near one shard instead of accumulating the whole memory-mapped file.
+        with safe_open(str(path), framework="pt") as single:
+            return single.get_tensor(names[name])
+
+    return TensorSource(shapes, read, str(path))
 
 
 def _open_sharded(index_path: Path) -> TensorSource:

@@ -7,10 +7,11 @@ with the same options. The config fields read here are shared by all family conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
 from .layers import (
@@ -19,6 +20,7 @@ from .layers import (
     LayerScale,
     PatchEmbed,
     SelfAttention,
+    attention_function,
     build_norm,
     check_pixel_values,
     init_trunc_normal,
@@ -76,9 +78,13 @@ class PatchTokenEmbeddings(nn.Module):
         return self.pos_drop(x), grid
 
 
-class TransformerLayer(GradientCheckpointingLayer):
+class TransformerLayer(nn.Module):
     """Pre-norm block with optional LayerScale (timm ``Block``/``EvaBlock``) or a post-norm one
-    (``ResPostBlock``/``EvaBlockPostNorm``: norm after each branch). LayerScale gammas are ``ls1``/``ls2``."""
+    (``ResPostBlock``/``EvaBlockPostNorm``: norm after each branch). LayerScale gammas are ``ls1``/``ls2``.
+
+    A family's layer class combines it with transformers' ``GradientCheckpointingLayer`` (listed first), so
+    the checkpointing wrapper is installed exactly once around this forward.
+    """
 
     def __init__(
         self,
@@ -104,13 +110,13 @@ class TransformerLayer(GradientCheckpointingLayer):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(
-        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, attend: Callable | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.post_norm:
-            attn, weights = self.attn(hidden_states, rope, output_attentions)
+            attn, weights = self.attn(hidden_states, rope, attend)
             hidden_states = hidden_states + self.drop_path1(self.norm1(attn))
             return hidden_states + self.drop_path2(self.norm2(self.mlp(hidden_states))), weights
-        attn, weights = self.attn(self.norm1(hidden_states), rope, output_attentions)
+        attn, weights = self.attn(self.norm1(hidden_states), rope, attend)
         hidden_states = hidden_states + self.drop_path1(self.ls1(attn))
         hidden_states = hidden_states + self.drop_path2(self.ls2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, weights
@@ -186,9 +192,10 @@ def encode(
     rope = rope_module(grid, hidden.device) if rope_module is not None else None
     per_block = rope is not None and rope.ndim == 4
     hidden = model.norm_pre(hidden)
+    attend = attention_function(model.config._attn_implementation, output_attentions)
     states, attentions = [hidden], []
     for index, block in enumerate(model.blocks):
-        hidden, weights = block(hidden, rope[index] if per_block else rope, output_attentions)
+        hidden, weights = block(hidden, rope[index] if per_block else rope, attend)
         states.append(hidden)
         if output_attentions:
             attentions.append(weights)

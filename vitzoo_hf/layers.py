@@ -176,23 +176,42 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain softmax attention; the one path that can return the attention probabilities."""
-    weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    """Plain softmax attention, in timm's order (scale the queries, softmax in the input dtype); the one path
+    that can return the attention probabilities."""
+    weights = torch.matmul(query * scaling, key.transpose(-2, -1))
     if attention_mask is not None:
         weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    weights = F.dropout(weights.softmax(dim=-1), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """torch's SDPA, called directly: transformers' wrapper adds ~16 us of decoder guards (GQA packing, paged
+    caches) per layer, which is most of the gap to timm at small batches."""
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2), None
 
 
 def attention_function(implementation: str | None, output_attentions: bool) -> Callable:
-    """The transformers attention backend for this call.
+    """The attention backend for one forward pass (resolved once, then handed to every block).
 
     Only eager materialises the probabilities, so asking for them switches this call to eager rather than
-    returning ``None`` as sdpa would.
+    returning ``None`` as sdpa would. Implementations other than eager and sdpa (flash, flex, registered
+    custom ones) come from transformers' ``ALL_ATTENTION_FUNCTIONS``.
     """
     if output_attentions or implementation in (None, "eager"):
         return eager_attention_forward
+    if implementation == "sdpa":
+        return sdpa_attention_forward
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
@@ -277,8 +296,9 @@ class SelfAttention(nn.Module):
         return torch.cat([x[:, :, :prefix], rotated], dim=2).type_as(like)
 
     def forward(
-        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, rope: torch.Tensor | None = None, attend: Callable | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``attend``: the backend for this pass (see ``attention_function``); resolved here if not given."""
         batch, length, dim = hidden_states.shape
         query, key, value = self._project(hidden_states)
         query, key = self.q_norm(query), self.k_norm(key)
@@ -287,17 +307,10 @@ class SelfAttention(nn.Module):
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        attend = attention_function(self.config._attn_implementation, output_attentions)
-        out, weights = attend(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            is_causal=False,
-        )
+        if attend is None:
+            attend = attention_function(self.config._attn_implementation, False)
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out, weights = attend(self, query, key, value, None, scaling=self.scaling, dropout=dropout, is_causal=False)
         out = self.norm(out.reshape(batch, length, dim))
         return self.proj_drop(self.proj(out)), weights
 

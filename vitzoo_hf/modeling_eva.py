@@ -8,6 +8,7 @@ remote code: imports torch, transformers and sibling files only.
 from __future__ import annotations
 
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
 try:  # transformers >= 5
@@ -37,7 +38,7 @@ def _qkv_layout(config: VitzooEvaConfig) -> tuple[str, bool]:
     return "separate", config.attention_type == "rope"
 
 
-class VitzooEvaLayer(TransformerLayer):
+class VitzooEvaLayer(GradientCheckpointingLayer, TransformerLayer):
     """timm ``EvaBlock`` (pre-norm, LayerScale optionally on attention only) or ``EvaBlockPostNorm``."""
 
     def __init__(self, config: VitzooEvaConfig, index: int, drop_path: float = 0.0) -> None:

@@ -7,6 +7,7 @@ weights. Ships as Hub remote code: imports torch, transformers and sibling files
 from __future__ import annotations
 
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
 try:  # transformers >= 5
@@ -28,7 +29,7 @@ from .heads import ImageClassifierMixin
 from .layers import MLP_TYPES, AttentionPoolLatent, SelfAttention, build_norm
 
 
-class VitzooViTLayer(TransformerLayer):
+class VitzooViTLayer(GradientCheckpointingLayer, TransformerLayer):
     """timm ``Block`` or ``ResPostBlock`` with the attention and MLP flavours the config names."""
 
     def __init__(self, config: VitzooViTConfig, drop_path: float = 0.0) -> None:

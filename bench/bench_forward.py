@@ -1,0 +1,203 @@
+"""Forward throughput: vitzoo_hf vs timm vs transformers' native port, the same weights in each.
+
+    python bench/bench_forward.py [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--reps 20] [--compile] [--out FILE]
+
+Per config, batch size and attention implementation, the three models run in interleaved order (timm, ours,
+native, timm, ours, ...) after warm-up; each repetition gives one time per model, and the reported ratio is
+the median over repetitions of timm_time / ours_time (> 1: we are faster), with the interquartile range.
+Outputs are compared first: ours and the native port against timm's forward_features. Also measured: how the
+cost grows with the input size (224, 320, 448) for ours against timm. Markdown on stdout, JSON in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from native_ports import PORTS  # noqa: E402
+
+from conversion.families import family_for  # noqa: E402
+
+CONFIGS = [  # (label, timm name, native port, input size)
+    ("ViT-S/16", "vit_small_patch16_224", "vit", 224),
+    ("ViT-B/16", "vit_base_patch16_224", "vit", 224),
+    ("DINOv2-S/14", "vit_small_patch14_dinov2", "dinov2", 224),
+    ("DINOv2-S/14", "vit_small_patch14_dinov2", "dinov2", 518),
+    ("DINOv3-S/16", "vit_small_patch16_dinov3", "dinov3", 224),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build(name: str, port: str, attn: str, device: str, dtype: torch.dtype):
+    kwargs = {"dynamic_img_size": True}
+    if "dinov3" in name:
+        kwargs["global_pool"] = "token"
+    reference = timm.create_model(name, pretrained=False, **kwargs).eval()
+    family = family_for(reference)
+    config = family.mapping.config_from_timm(reference)
+    config._attn_implementation = attn
+    ours = family.model(config)
+    ours.load_state_dict(family.mapping.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
+    native = PORTS[port](reference, attn)
+    for module in reference.modules():  # timm's own switch between fused (sdpa) and explicit attention
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = attn == "sdpa"
+    return [m.to(device=device, dtype=dtype).eval() for m in (reference, ours.eval(), native)]
+
+
+def runners(models, size: int, native_size: int):
+    reference, ours, native = models
+    interpolate = size != native_size
+    run_timm = lambda x: reference.forward_features(x)  # noqa: E731
+    run_ours = lambda x: ours(x, interpolate_pos_encoding=interpolate).last_hidden_state  # noqa: E731
+    # ViTModel needs the flag at other sizes; Dinov2Model and DINOv3ViTModel always interpolate.
+    kwargs = {"interpolate_pos_encoding": True} if interpolate and isinstance(native, transformers.ViTModel) else {}
+    run_native = lambda x: native(pixel_values=x, **kwargs).last_hidden_state  # noqa: E731
+    return {"timm": run_timm, "ours": run_ours, "native": run_native}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(run: dict, x: torch.Tensor, reps: int, warmup: int, device: str) -> dict[str, list[float]]:
+    times = {name: [] for name, fn in run.items() if fn is not None}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in times:
+                run[name](x)
+        for _ in range(reps):
+            for name in times:
+                sync(device)
+                start = time.perf_counter()
+                run[name](x)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
+    ratios = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {"median": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2]}
+
+
+def check_outputs(run: dict, x: torch.Tensor) -> dict[str, float]:
+    with torch.inference_mode():
+        reference = run["timm"](x).float()
+        return {
+            name: float((fn(x).float() - reference).abs().max())
+            for name, fn in run.items()
+            if fn is not None and name != "timm"
+        }
+
+
+def _ratio_cell(stats: dict) -> str:
+    return f"{stats['median']:.2f}x ({stats['q1']:.2f}-{stats['q3']:.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--attn", nargs="+", default=["eager", "sdpa"])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model first")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, help="config labels to run, e.g. ViT-B/16")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forward_cpu.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = DTYPES[args.dtype]
+    rows = []
+    for label, name, port, size in CONFIGS:
+        if args.only and label not in args.only:
+            continue
+        for attn in args.attn:
+            models = build(name, port, attn, args.device, dtype)
+            native_size = models[0].patch_embed.img_size[0]
+            if args.compile:
+                models = [torch.compile(m) for m in models]
+            run = runners(models, size, native_size)
+            diffs = check_outputs(run, torch.randn(2, 3, size, size, device=args.device, dtype=dtype))
+            for batch in args.batches:
+                x = torch.randn(batch, 3, size, size, device=args.device, dtype=dtype)
+                times = time_interleaved(run, x, args.reps, args.warmup, args.device)
+                row = {
+                    "config": f"{label} @ {size}",
+                    "attn": attn,
+                    "batch": batch,
+                    "median_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
+                    "ours_vs_timm": ratio_stats(times["timm"], times["ours"]),
+                    "ours_vs_native": ratio_stats(times["native"], times["ours"]) if "native" in times else None,
+                    "max_abs_diff_vs_timm": diffs,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del models, run
+    scaling = []
+    if not args.skip_scaling:
+        models = build("vit_base_patch16_224", "vit", "sdpa", args.device, dtype)
+        for size in (224, 320, 448):
+            run = runners(models, size, 224)
+            run["native"] = None
+            x = torch.randn(1, 3, size, size, device=args.device, dtype=dtype)
+            times = time_interleaved(run, x, max(5, args.reps // 2), args.warmup, args.device)
+            scaling.append({"size": size, **{k: 1000 * statistics.median(v) for k, v in times.items()}})
+            print(json.dumps(scaling[-1]), flush=True)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    meta = {
+        "device": device_name,
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "reps": args.reps,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "scaling": scaling}, indent=1) + "\n")
+    print(f"\n{meta}\n")
+    print("| config | attn | batch | ours ms | timm ms | native ms | ours vs timm (IQR) | ours vs native (IQR) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ms = r["median_ms"]
+        vs_timm = r["ours_vs_timm"]
+        vs_native = r["ours_vs_native"]
+        native_cell = _ratio_cell(vs_native) if vs_native else "-"
+        print(
+            f"| {r['config']} | {r['attn']} | {r['batch']} | {ms['ours']:.1f} | {ms['timm']:.1f} | "
+            f"{ms.get('native', float('nan')):.1f} | {_ratio_cell(vs_timm)} | {native_cell} |"
+        )
+    if scaling:
+        base = scaling[0]
+        print("\n| input | ours ms | timm ms | ours growth | timm growth |\n|---|---|---|---|---|")
+        for s in scaling:
+            print(
+                f"| {s['size']} | {s['ours']:.1f} | {s['timm']:.1f} | {s['ours'] / base['ours']:.2f}x | "
+                f"{s['timm'] / base['timm']:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()

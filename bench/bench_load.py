@@ -1,0 +1,123 @@
+"""Load cost: vitzoo_hf ``from_pretrained`` vs timm ``create_model`` + ``load_state_dict`` vs the native port.
+
+    python bench/bench_load.py [--sizes s b l] [--reps 5] [--out FILE]
+
+The same weights in three forms (our converted folder, loaded as remote code with vitzoo_hf hidden; a timm
+safetensors checkpoint; transformers' ViTModel folder). Each measurement is a fresh process: imports happen
+first and are not timed, then the load call is timed and the process reports its peak RSS. Loads run
+interleaved (ours, timm, native, ours, ...); medians and ratios are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+import transformers
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from native_ports import vit as native_vit  # noqa: E402
+
+from conversion.convert_timm import convert  # noqa: E402
+from conversion.verify import clean_env  # noqa: E402
+
+SIZES = {"s": "vit_small_patch16_224", "b": "vit_base_patch16_224", "l": "vit_large_patch16_224"}
+
+CHILD = r"""
+import resource, sys, time
+kind, source, name = sys.argv[1:4]
+if kind == "ours":
+    for hidden in ("vitzoo_hf", "timm", "conversion"):
+        sys.modules[hidden] = None  # a user's machine: remote code only
+    from transformers import AutoModel
+    start = time.perf_counter()
+    model = AutoModel.from_pretrained(source, trust_remote_code=True)
+elif kind == "timm":
+    import timm
+    from safetensors.torch import load_file
+    start = time.perf_counter()
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    model.load_state_dict(load_file(source))
+else:
+    from transformers import ViTModel
+    start = time.perf_counter()
+    model = ViTModel.from_pretrained(source, add_pooling_layer=False)
+seconds = time.perf_counter() - start
+print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def prepare(name: str, work: Path) -> dict[str, Path]:
+    reference = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    checkpoint = work / "timm.safetensors"
+    save_file(reference.state_dict(), str(checkpoint))
+    ours = convert(name, work / "ours", checkpoint=checkpoint).output_dir
+    native = work / "native"
+    native_vit(reference, "sdpa").save_pretrained(native)
+    return {"ours": ours, "timm": checkpoint, "native": native}
+
+
+def measure(kind: str, source: Path, name: str) -> tuple[float, int]:
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(source), name], cwd="/", env=clean_env(), capture_output=True, text=True
+    )
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    seconds, rss = run.stdout.split()[-2:]
+    return float(seconds), int(rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load.json")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes:
+        name = SIZES[size]
+        with tempfile.TemporaryDirectory() as tmp:
+            sources = prepare(name, Path(tmp))
+            samples = {kind: [] for kind in sources}
+            for _ in range(args.reps):
+                for kind, source in sources.items():
+                    samples[kind].append(measure(kind, source, name))
+        seconds = {k: statistics.median(s for s, _ in v) for k, v in samples.items()}
+        rss = {k: statistics.median(r for _, r in v) for k, v in samples.items()}
+        rows.append({"model": name, "seconds": seconds, "peak_rss": rss})
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "reps": args.reps,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    gib = 2**30
+    print(f"\n{meta}\n")
+    print("| model | ours s | timm create+load s | native s | ours / timm time | ours / native peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        s, m = r["seconds"], r["peak_rss"]
+        print(
+            f"| {r['model']} | {s['ours']:.2f} | {s['timm']:.2f} | {s['native']:.2f} | {s['ours'] / s['timm']:.2f}x | "
+            f"{m['ours'] / m['native']:.2f}x ({m['ours'] / gib:.2f} vs {m['native'] / gib:.2f} GiB) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
