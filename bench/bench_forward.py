@@ -106,6 +106,13 @@ def check_outputs(run: dict, x: torch.Tensor) -> dict[str, float]:
         }
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def _ratio_cell(stats: dict) -> str:
     return f"{stats['median']:.2f}x ({stats['q1']:.2f}-{stats['q3']:.2f})"
 
@@ -121,7 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile every model first")
     parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--only", nargs="+", default=None, help="config labels to run, e.g. ViT-B/16")
+    parser.add_argument("--only", nargs="+", default=None, help="configs to run: a label or label@size")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forward_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,7 +136,7 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     rows = []
     for label, name, port, size in CONFIGS:
-        if args.only and label not in args.only:
+        if args.only and label not in args.only and f"{label}@{size}" not in args.only:
             continue
         for attn in args.attn:
             models = build(name, port, attn, args.device, dtype)
@@ -163,7 +170,7 @@ def main() -> None:
             times = time_interleaved(run, x, max(5, args.reps // 2), args.warmup, args.device)
             scaling.append({"size": size, **{k: 1000 * statistics.median(v) for k, v in times.items()}})
             print(json.dumps(scaling[-1]), flush=True)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     meta = {
         "device": device_name,
         "threads": args.threads,

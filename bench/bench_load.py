@@ -3,8 +3,10 @@
     python bench/bench_load.py [--sizes s b l] [--reps 5] [--out FILE]
 
 The same weights in three forms (our converted folder, loaded as remote code with vitzoo_hf hidden; a timm
-safetensors checkpoint; transformers' ViTModel folder). Each measurement is a fresh process: imports happen
-first and are not timed, then the load call is timed and the process reports its peak RSS. Loads run
+safetensors checkpoint; transformers' ViTModel folder). Each measurement is a fresh process: library imports
+happen first and are not timed (the same transformers modules for ours and the native port; importing our
+remote-code files is part of the timed load), then the load call is timed and the process reports its peak
+RSS (VmHWM). Loads run
 interleaved (ours, timm, native, ours, ...); medians and ratios are reported.
 """
 
@@ -36,12 +38,12 @@ from conversion.verify import clean_env  # noqa: E402
 SIZES = {"s": "vit_small_patch16_224", "b": "vit_base_patch16_224", "l": "vit_large_patch16_224"}
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 kind, source, name = sys.argv[1:4]
 if kind == "ours":
     for hidden in ("vitzoo_hf", "timm", "conversion"):
         sys.modules[hidden] = None  # a user's machine: remote code only
-    from transformers import AutoModel
+    from transformers import AutoModel, PreTrainedModel  # the same library imports the native child does
     start = time.perf_counter()
     model = AutoModel.from_pretrained(source, trust_remote_code=True)
 elif kind == "timm":
@@ -55,7 +57,8 @@ else:
     start = time.perf_counter()
     model = ViTModel.from_pretrained(source, add_pooling_layer=False)
 seconds = time.perf_counter() - start
-print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(seconds, peak)
 """
 
 

@@ -272,3 +272,33 @@ def test_sweep_converts_real_tags_at_reduced_depth() -> None:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "5/5 converted with parity" in run.stdout
+
+
+# One real pretrained tag per architecture variant, converted end to end (checkpoint, streaming write,
+# clean-process verification) at depth 1: the sweep's own per-tag path.
+VARIANT_TAGS = [
+    "deit_tiny_distilled_patch16_224.fb_in1k",
+    "deit3_small_patch16_224.fb_in1k",
+    "vit_small_patch14_reg4_dinov2.lvd142m",
+    "vit_base_patch16_clip_quickgelu_224.openai",
+    "vit_base_patch16_siglip_224.webli",
+    "aimv2_large_patch14_224.apple_pt",
+    "beit3_base_patch16_224.in22k_ft_in1k",
+    "vit_base_patch16_rpn_224.sw_in1k",
+    "vit_base_patch16_radio_v3.c_radio",
+    "vit_medium_patch16_gap_256.sw_in12k_ft_in1k",
+    "eva02_tiny_patch14_224.mim_in22k",
+    "vit_pe_core_tiny_patch16_384.fb",
+    "vit_small_patch16_rope_mixed_224.naver_in1k",
+    "vit_base_patch16_sapiens2.fb",
+]
+
+
+@pytest.mark.parametrize("tag", VARIANT_TAGS)
+def test_each_variant_converts_end_to_end(tag: str) -> None:
+    from conversion.sweep import sweep_one
+
+    assert tag in timm.list_models(pretrained=True), f"{tag} is no longer a timm pretrained tag"
+    _, ok, detail, _ = sweep_one(tag, depth=1)
+    assert ok, detail
+    assert float(detail.split()[-1]) <= 1e-4
