@@ -63,6 +63,30 @@ def check_patch_embed(embed: nn.Module) -> None:
         raise UnsupportedArchitecture("overlapping patch embedding is not supported.")
 
 
+def encoder_fields(model: nn.Module, block_types: tuple[str, ...]) -> dict:
+    """Geometry, MLP and norm fields every family reads the same way off a timm model (its first block
+    standing for all); checks the patch embedding and the block type first."""
+    embed = model.patch_embed
+    check_patch_embed(embed)
+    block = model.blocks[0]
+    if type(block).__name__ not in block_types:
+        supported = ", ".join(block_types)
+        raise UnsupportedArchitecture(f"block type {type(block).__name__} is not supported ({supported} are).")
+    norm_type, eps = norm_spec(block.norm1)
+    return dict(
+        image_size=list(embed.img_size),
+        patch_size=list(embed.patch_size),
+        num_channels=embed.proj.in_channels,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads,
+        **mlp_spec(block.mlp),
+        scale_mlp_norm=present(block.mlp.norm),
+        norm_type=norm_type,
+        layer_norm_eps=eps,
+    )
+
+
 def check_attn_pool(pool: nn.Module) -> None:
     name = type(pool).__name__
     if name != "AttentionPoolLatent":

@@ -13,10 +13,8 @@ from conversion.common import (
     UnsupportedArchitecture,
     activation_name,
     check_attn_pool,
-    check_patch_embed,
+    encoder_fields,
     head_fields,
-    mlp_spec,
-    norm_spec,
     present,
 )
 from conversion.common import convert_key as _convert_key
@@ -101,28 +99,14 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooEvaConfig:
     """Read a ``VitzooEvaConfig`` off a timm ``Eva`` model; ``overrides`` set config fields."""
     if type(model).__name__ not in TIMM_CLASSES:
         raise UnsupportedArchitecture(f"{type(model).__name__} is not a timm Eva; the eva family cannot hold it.")
-    embed = model.patch_embed
-    check_patch_embed(embed)
+    fields = encoder_fields(model, ("EvaBlock", "EvaBlockPostNorm"))
     block = model.blocks[0]
     block_name = type(block).__name__
-    if block_name not in ("EvaBlock", "EvaBlockPostNorm"):
-        raise UnsupportedArchitecture(f"block type {block_name} is not supported (EvaBlock, EvaBlockPostNorm are).")
-    norm_type, eps = norm_spec(block.norm1)
     pool = model.attn_pool
     if pool is not None:
         check_attn_pool(pool)
     gamma_1, gamma_2 = getattr(block, "gamma_1", None), getattr(block, "gamma_2", None)
-    fields = dict(
-        image_size=list(embed.img_size),
-        patch_size=list(embed.patch_size),
-        num_channels=embed.proj.in_channels,
-        hidden_size=model.embed_dim,
-        num_hidden_layers=len(model.blocks),
-        num_attention_heads=block.attn.num_heads,
-        **mlp_spec(block.mlp),
-        scale_mlp_norm=present(block.mlp.norm),
-        norm_type=norm_type,
-        layer_norm_eps=eps,
+    fields.update(
         **_attention_fields(model),
         layer_scale_init_value=float(block.init_values) if gamma_1 is not None else None,
         attn_only_layer_scale=gamma_1 is not None and gamma_2 is None,

@@ -13,10 +13,8 @@ from torch import nn
 from conversion.common import (
     UnsupportedArchitecture,
     check_attn_pool,
-    check_patch_embed,
+    encoder_fields,
     head_fields,
-    mlp_spec,
-    norm_spec,
     present,
 )
 from conversion.common import convert_key as _convert_key
@@ -41,34 +39,20 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooViTConfig:
     cls_name = type(model).__name__
     if cls_name not in TIMM_CLASSES:
         raise UnsupportedArchitecture(f"{cls_name} is not a timm VisionTransformer; the vit family cannot hold it.")
-    embed = model.patch_embed
-    check_patch_embed(embed)
-    block = model.blocks[0]
+    fields = encoder_fields(model, ("Block", "ResPostBlock"))
+    block, embed = model.blocks[0], model.patch_embed
     block_name = type(block).__name__
-    if block_name not in ("Block", "ResPostBlock"):
-        raise UnsupportedArchitecture(f"block type {block_name} is not supported (Block and ResPostBlock are).")
     _check_attention(block.attn)
-    norm_type, eps = norm_spec(block.norm1)
     distilled = cls_name == "VisionTransformerDistilled"
     if model.attn_pool is not None:
         check_attn_pool(model.attn_pool)
     layer_scale = getattr(block, "ls1", None)
     fc_norm = present(model.fc_norm)
-    fields = dict(
-        image_size=list(embed.img_size),
-        patch_size=list(embed.patch_size),
-        num_channels=embed.proj.in_channels,
-        hidden_size=model.embed_dim,
-        num_hidden_layers=len(model.blocks),
-        num_attention_heads=block.attn.num_heads,
-        **mlp_spec(block.mlp),
-        norm_type=norm_type,
-        layer_norm_eps=eps,
+    fields.update(
         qkv_bias=block.attn.qkv.bias is not None,
         qk_norm=present(block.attn.q_norm),
         proj_bias=block.attn.proj.bias is not None,
         scale_attn_norm=present(block.attn.norm),
-        scale_mlp_norm=present(block.mlp.norm),
         layer_scale_init_value=float(layer_scale.init_values) if present(layer_scale) else None,
         block_type="res_post" if block_name == "ResPostBlock" else "pre_norm",
         class_token=model.cls_token is not None,
