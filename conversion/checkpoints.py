@@ -102,12 +102,6 @@ def open_checkpoint(path: Path) -> TensorSource:
     return TensorSource.from_state_dict(_unwrap(obj, path), str(path))
 
 
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The whole state dict (small models, tests)."""
-    source = open_checkpoint(path)
-    return {key: source.get(key) for key in source.shapes}
-
-
 def write_shards(folder: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_size: str | int) -> list[str]:
     """Write (name, tensor) pairs into safetensors shards of at most ``max_shard_size`` as they arrive.
 
