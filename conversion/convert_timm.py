@@ -142,7 +142,7 @@ def truncated_kwargs(skeleton: torch.nn.Module, blocks: int) -> dict:
     """timm constructor arguments for a copy with only the first ``blocks`` blocks (per-block ones cut)."""
     kwargs = {"depth": blocks}
     kv_heads = [getattr(b.attn, "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
-    if any(h is not None and h != skeleton.blocks[0].attn.num_heads for h in kv_heads):
+    if any(h is not None for h in kv_heads):  # per-block values (Sapiens2) must be cut to the new depth too
         kwargs["num_kv_heads"] = tuple(kv_heads)
     return kwargs
 
