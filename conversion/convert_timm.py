@@ -141,7 +141,8 @@ def verification_bytes(num_parameters: int) -> int:
 def truncated_kwargs(skeleton: torch.nn.Module, blocks: int) -> dict:
     """timm constructor arguments for a copy with only the first ``blocks`` blocks (per-block ones cut)."""
     kwargs = {"depth": blocks}
-    kv_heads = [getattr(b.attn, "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
+    # getattr twice: blocks timm builds without an ``attn`` (parallel blocks) are refused later, by name.
+    kv_heads = [getattr(getattr(b, "attn", None), "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
     if any(h is not None for h in kv_heads):  # per-block values (Sapiens2) must be cut to the new depth too
         kwargs["num_kv_heads"] = tuple(kv_heads)
     return kwargs
