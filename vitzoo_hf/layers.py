@@ -47,6 +47,12 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         )
 
 
+def _exporting() -> bool:
+    """True while torch.export traces (torch >= 2.7 reports it; earlier versions cannot export dynamic sizes)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
 def resample_abs_pos_embed(
     pos_embed: torch.Tensor, new_size: tuple[int, int], old_size: tuple[int, int], num_prefix_tokens: int
 ) -> torch.Tensor:
@@ -55,8 +61,8 @@ def resample_abs_pos_embed(
     Antialiased bicubic in float32, with prefix-token (class/register) entries kept out of the
     interpolation. transformers' native ports skip the antialias, which is why they drift from timm.
     """
-    if tuple(new_size) == tuple(old_size):
-        return pos_embed
+    if tuple(new_size) == tuple(old_size) and not _exporting():
+        return pos_embed  # an exported graph keeps the resampling, so it serves every input size
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = grid.shape[-1]
     grid = grid.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
@@ -282,11 +288,9 @@ class SelfAttention(nn.Module):
                 proj(x).reshape(batch, length, n, self.head_dim).transpose(1, 2)
                 for proj, n in zip(projections, heads, strict=True)
             )
+        qkv = self.qkv(x)  # through the module, so LoRA / quantization wrappers of `qkv` take effect
         if self.qkv_layout == "fused_qv_bias" and self.q_bias is not None:
-            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias)
-        else:
-            qkv = self.qkv(x)
+            qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return tuple(qkv.unbind(0))
 

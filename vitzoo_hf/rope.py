@@ -102,9 +102,10 @@ class RotaryDinoV3(nn.Module):
         return coords
 
     def forward(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-        sizes = [float(s) for s in grid]
-        # Axes stay in (H, W) order here; _grid swaps the channels for "xy" as timm does.
-        denominators = {"separate": sizes, "max": [max(sizes)] * 2, "min": [min(sizes)] * 2}[self.normalize]
+        # Axes stay in (H, W) order here; _grid swaps the channels for "xy" as timm does. sym_max/sym_min (not
+        # float()/max()) keep the grid symbolic, so an exported graph serves every input size.
+        largest, smallest = torch.sym_max(*grid), torch.sym_min(*grid)
+        denominators = {"separate": grid, "max": (largest, largest), "min": (smallest, smallest)}[self.normalize]
         axes = [
             (torch.arange(0.5, size, device=device, dtype=torch.float32) + self.grid_offset) / denominator
             for size, denominator in zip(grid, denominators, strict=True)
