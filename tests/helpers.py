@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import timm
 import torch
 from timm.layers import LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
 from timm.models.vision_transformer import ResPostBlock
+from transformers import CLIPImageProcessor
 
 from conversion.families import family_for
 
@@ -125,3 +127,13 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     target = model.base_model if role == "backbone" else model
     target.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def save_tiny_folder(variant: str, folder: Path, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A saved tiny classifier folder (code files, config with labels, weights, a 32-pixel stock processor), as
+    a converted folder would be, plus the vitzoo model and the timm model (``dynamic_img_size``) it holds."""
+    timm_model = make_timm(variant, dynamic=True, seed=seed)
+    model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model, timm_model

@@ -16,7 +16,7 @@ from transformers import CLIPImageProcessor
 import vitzoo_hf
 from conversion.remote_code import import_problems
 from conversion.verify import clean_env
-from tests.helpers import make_timm, vitzoo_from_timm
+from tests.helpers import save_tiny_folder
 
 CHILD = r"""
 import sys
@@ -75,10 +75,7 @@ FAMILY_FILES = {
 def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module, str]:
     family, variant = request.param
     folder = tmp_path_factory.mktemp("saved") / f"tiny-{variant}"
-    timm_model = make_timm(variant, dynamic=True)
-    model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
-    model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    model, timm_model = save_tiny_folder(variant, folder)
     return folder, model, timm_model, family
 
 

@@ -1,0 +1,250 @@
+"""The examples/ scripts, run as users run them, on tiny saved models and a generated image folder.
+
+Training scripts run in subprocesses (their frameworks set global state); each test asserts what the script
+claims: loss falls on the learnable toy task, reloaded or exported outputs equal the originals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+from tests.helpers import save_tiny_folder
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from attention_map import cls_attention, overlay, render  # noqa: E402
+from image_retrieval import build_index, extractor, search  # noqa: E402
+from load_big_model import load_on_meta, load_with_device_map  # noqa: E402
+from make_toy_images import CLASSES, make_image_folder  # noqa: E402
+
+TRAIN_IMAGES = 24 * len(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hf_home")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    """Saved tiny classifiers, built on first use: variant -> (folder, vitzoo model, timm model)."""
+    root, made = tmp_path_factory.mktemp("models"), {}
+
+    def get(variant: str) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+        if variant not in made:
+            folder = root / variant
+            made[variant] = (folder, *save_tiny_folder(variant, folder))
+        return made[variant]
+
+    return get
+
+
+def run_example(script: str, *args: str, hf_home: Path, launcher: list[str] | None = None) -> dict:
+    """Run an example the way the README does; its last stdout line is its JSON summary."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    command = [*(launcher or [sys.executable]), str(EXAMPLES / script), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def falls(losses: list[float], window: int = 3) -> bool:
+    return np.mean(losses[-window:]) < 0.8 * np.mean(losses[:window])
+
+
+def test_toy_folder_has_both_splits_and_varied_sizes(toy: Path) -> None:
+    for split, count in (("train", 24), ("validation", 9)):
+        assert sorted(p.name for p in (toy / split).iterdir()) == sorted(CLASSES)
+        assert all(len(list((toy / split / name).glob("*.png"))) == count for name in CLASSES)
+    sizes = {Image.open(p).size for p in (toy / "train" / "red").glob("*.png")}
+    assert len(sizes) > 1
+
+
+def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders("dinov2_reg")
+    summary = run_example(
+        "train_trainer.py", "--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), hf_home=hf_home
+    )
+    assert falls(summary["losses"])
+    assert summary["accuracy_after"] >= 0.9 > summary["accuracy_before"]
+    assert summary["accuracy_reloaded"] == summary["accuracy_after"]
+    saved = Path(summary["saved"])
+    config = json.loads((saved / "config.json").read_text())
+    assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}
+    assert {"modeling_vit.py", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
+
+
+def test_lightning_two_stages_checkpoint_resume_and_load(toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders("dinov3")
+    common = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--batch-size", "8"]
+    first = run_example("train_lightning.py", *common, "--full-epochs", "1", hf_home=hf_home)
+    steps_per_epoch = TRAIN_IMAGES // 8
+    assert first["backbone_frozen_in_head_stage"] is True
+    assert first["precision"] == "bf16-mixed"
+    assert falls(first["head_losses"])
+    assert first["full_global_step"] == steps_per_epoch
+    assert first["restored_max_abs_diff"] == 0.0  # load_from_checkpoint rebuilds the trained model exactly
+    assert first["restored_learning_rate"] == 3e-4  # ... and the second stage's settings
+    assert {p.name for p in (tmp_path / "head").iterdir()} == {"epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"}
+
+    resumed = run_example("train_lightning.py", *common, "--full-epochs", "2", "--resume", hf_home=hf_home)
+    assert resumed["head_losses"] == []  # the finished first stage is restored, not rerun
+    assert len(resumed["full_losses"]) == steps_per_epoch  # only the missing epoch runs
+    assert resumed["full_epochs_done"] == 2 and resumed["full_global_step"] == 2 * steps_per_epoch
+    assert resumed["val_accuracy"] >= 0.9
+
+
+def test_accelerate_two_processes_with_gradient_accumulation(toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders("dinov2_reg")
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    args = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--cpu"]
+    summary = run_example(
+        "train_accelerate.py", *args, "--batch-size", "4", "--grad-accum", "2", "--epochs", "3",
+        hf_home=hf_home, launcher=launcher,
+    )  # fmt: skip
+    assert summary["world_size"] == 2
+    batches = TRAIN_IMAGES // (4 * 2)  # each process sees half of every global batch
+    assert summary["batches_per_epoch"] == batches
+    assert summary["optimizer_steps"] == 3 * -(-batches // 2)
+    assert summary["same_weights_on_every_process"] is True
+    assert summary["val_examples"] == 9 * len(CLASSES)  # gathered without the padding duplicates
+    assert falls(summary["losses"])
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=True)
+    assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
+
+
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3"])
+def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, tmp_path) -> None:
+    folder, _, _ = folders(variant)
+    reference = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    size = (folder / "model.safetensors").stat().st_size
+    # 70 % of the weights' size for memory (accelerate keeps headroom for the largest layer), the rest on disk
+    mapped = load_with_device_map(str(folder), f"{size * 7 // 10_000}KB", tmp_path).eval()
+    placements = set(mapped.hf_device_map.values())
+    assert placements == {"cpu", "disk"}, mapped.hf_device_map  # split across memory and offload
+    meta = load_on_meta(str(folder)).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x).logits
+        torch.testing.assert_close(mapped(x).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(meta(x).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "targets"),
+    [
+        ("dinov2_reg", ["fc1", "fc2", "proj", "qkv"]),
+        ("eva_giant_abs_pos", ["fc1", "fc2", "proj", "qkv"]),  # fused qkv with q/v bias
+        ("eva02_clip_scale_attn", ["fc1_g", "fc1_x", "fc2", "k_proj", "proj", "q_proj", "v_proj"]),
+    ],
+)
+def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders(variant)
+    summary = run_example(
+        "lora_peft.py", "--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--epochs", "2",
+        hf_home=hf_home,
+    )  # fmt: skip
+    assert summary["lora_target_modules"] == targets
+    assert summary["untrained_adapters"] == []  # every adapted projection is used by the forward
+    assert summary["trainable_parameters"] < 0.3 * summary["total_parameters"]
+    assert falls(summary["losses"])
+    assert summary["reloaded_max_abs_diff"] == 0.0
+    assert summary["merged_max_abs_diff"] < 1e-5
+    assert summary["backbone_change_from_lora"] > 1e-3  # the merge really moved the backbone
+    assert summary["adapter_files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "task"),
+    [("dinov2_reg", "image-classification"), ("dinov3", "feature-extraction"), ("eva02_mim", "feature-extraction")],
+)
+def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_home, tmp_path) -> None:
+    folder, _, _ = folders(variant)
+    path = tmp_path / "model.onnx"
+    sizes = ["32", "48x40", "24x56"]
+    summary = run_example(
+        "compile_and_export.py", "--model", str(folder), "--onnx", str(path), "--task", task, "--sizes", *sizes,
+        hf_home=hf_home,
+    )  # fmt: skip
+    assert sorted(summary["compile_max_abs_diff"]) == ["24x56", "32x32", "48x40"]
+    assert max(summary["compile_max_abs_diff"].values()) < 1e-5
+    # one graph, run at three batch sizes and three image sizes: tolerance 1e-4 (contract 4), measured ~2e-6
+    assert sorted(summary["onnx_max_abs_diff"]) == ["1x32x32", "2x48x40", "3x24x56"]
+    assert max(summary["onnx_max_abs_diff"].values()) < 1e-4
+    graph_input = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in graph_input] == [True, False, True, True]
+
+
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map"])
+def test_feature_extraction_pipeline_gives_timm_pre_logits(variant, folders, toy) -> None:
+    folder, _, timm_model = folders(variant)
+    image = Image.open(toy / "validation" / "red" / "red_001.png").convert("RGB")
+    pooled = extractor(str(folder))(image, pool=True, return_tensors=True)
+    pixel_values = AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = timm_model.forward_head(timm_model.forward_features(pixel_values), pre_logits=True)
+    torch.testing.assert_close(pooled.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_retrieval_index_finds_the_query_first(folders, toy, tmp_path, hf_home) -> None:
+    folder, _, _ = folders("dinov3")
+    index = tmp_path / "index.safetensors"
+    assert build_index(str(folder), toy / "validation", index, batch_size=4) == 9 * len(CLASSES)
+    for query in sorted((toy / "validation").rglob("*_00[0-2].png")):
+        results = search(index, Image.open(query), top_k=3)
+        assert results[0][0] == str(query)
+        assert results[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert results[0][1] >= results[1][1] >= results[2][1]
+    cli = run_example("image_retrieval.py", "search", "--index", str(index), "--query", str(query), hf_home=hf_home)
+    assert cli[0]["path"] == str(query) and len(cli) == 5
+
+
+def test_cls_attention_is_the_last_blocks_softmax_over_patches(folders) -> None:
+    folder, _, _ = folders("dinov2_reg")  # 1 class + 4 register tokens before the patches
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    x = torch.randn(1, 3, 40, 48, generator=torch.Generator().manual_seed(2))
+    maps = cls_attention(model, x)
+    # The same map from first principles: the last block's q/k on its input, softmax, CLS row, patch columns.
+    with torch.no_grad():
+        hidden = model(x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[-2]
+        block = model.blocks[-1]
+        q, k, _ = block.attn.qkv(block.norm1(hidden)).reshape(1, -1, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        weights = (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1)
+    assert maps.shape == (4, 5, 6)
+    torch.testing.assert_close(maps, weights[0, :, 0, 5:].reshape(4, 5, 6), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_png_tiles_and_colours(folders, toy, tmp_path) -> None:
+    folder, _, _ = folders("dinov3")
+    summary = render(str(folder), toy / "train" / "blue" / "blue_002.png", tmp_path / "attention.png")
+    sheet = Image.open(summary["output"])
+    assert summary["heads"] == 4 and summary["grid"] == [4, 4]
+    assert sheet.size == (224 * (2 + 4), 224)  # image, mean, 4 heads; 32 px inputs enlarged to 224
+    base = Image.new("RGB", (8, 8), (0, 0, 0))
+    heat = np.array([[1.0, 0.0], [0.0, 0.0]])
+    tile = np.asarray(overlay(base, heat, colormap="gray", alpha=1.0))
+    assert (tile[:4, :4] == 255).all() and (tile[4:, :] == 0).all() and (tile[:, 4:] == 0).all()
+
+
+def test_attention_map_refuses_models_without_a_class_token(folders) -> None:
+    folder, _, _ = folders("siglip_map")
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    with pytest.raises(ValueError, match="no class token"):
+        cls_attention(model, torch.randn(1, 3, 32, 32))
