@@ -134,7 +134,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
-    rows = []
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    meta = {
+        "device": device_name,
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "reps": args.reps,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    rows, scaling = [], []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """After every row, so an interrupted run (a long CPU grid) keeps what it measured."""
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "scaling": scaling}, indent=1) + "\n")
+
     for label, name, port, size in CONFIGS:
         if args.only and label not in args.only and f"{label}@{size}" not in args.only:
             continue
@@ -158,9 +176,9 @@ def main() -> None:
                     "max_abs_diff_vs_timm": diffs,
                 }
                 rows.append(row)
+                save()
                 print(json.dumps(row), flush=True)
             del models, run
-    scaling = []
     if not args.skip_scaling:
         models = build("vit_base_patch16_224", "vit", "sdpa", args.device, dtype)
         for size in (224, 320, 448):
@@ -170,20 +188,7 @@ def main() -> None:
             times = time_interleaved(run, x, max(5, args.reps // 2), args.warmup, args.device)
             scaling.append({"size": size, **{k: 1000 * statistics.median(v) for k, v in times.items()}})
             print(json.dumps(scaling[-1]), flush=True)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
-    meta = {
-        "device": device_name,
-        "threads": args.threads,
-        "dtype": args.dtype,
-        "compile": args.compile,
-        "reps": args.reps,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "timm": timm.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "scaling": scaling}, indent=1) + "\n")
+    save()
     print(f"\n{meta}\n")
     print("| config | attn | batch | ours ms | timm ms | native ms | ours vs timm (IQR) | ours vs native (IQR) |")
     print("|---|---|---|---|---|---|---|---|")
