@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> dict:
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        warmup_steps=0,
         eval_strategy="epoch",
         save_strategy="no",
         logging_steps=1,
