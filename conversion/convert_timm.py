@@ -179,18 +179,24 @@ def verify(
     generator = torch.Generator().manual_seed(0)
     inputs = {
         "native": torch.randn(2, 3, height, width, generator=generator),
-        "interpolated": torch.randn(2, 3, height + 2 * ph, width - pw, generator=generator),
+        # whole patches (a native size such as 384 at patch 14 leaves a remainder that only it may have)
+        "interpolated": torch.randn(2, 3, (height // ph + 2) * ph, (width // pw - 1) * pw, generator=generator),
     }
     ours = run_folder(folder, inputs, with_head, overrides)
     expected = {}
+    strict = reference.patch_embed.strict_img_size
     with torch.no_grad():
         for name, x in inputs.items():
+            # At the native size timm runs as pretrained, fixed-size: its conv drops a pixel remainder (so400m/14
+            # at 384) that its dynamic-size mode would refuse.
+            reference.patch_embed.strict_img_size = strict or name == "native"
             features = reference.forward_features(x)
             expected[f"{name}.last_hidden_state"] = features
             if reference.global_pool:
                 expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
             if with_head:
                 expected[f"{name}.logits"] = reference.forward_head(features)
+    reference.patch_embed.strict_img_size = strict
     if set(ours) != set(expected):
         raise ConversionError(f"Outputs differ in kind: folder gave {sorted(ours)}, timm {sorted(expected)}.")
     parity = {}

@@ -56,7 +56,10 @@ def sweep_one(tag: str, depth: int) -> tuple[str, bool, str, float]:
             result = convert(tag, Path(tmp) / "out", checkpoint=checkpoint, model_kwargs=kwargs)
         return tag, True, f"max abs diff {max(result.parity.values()):.1e}", time.perf_counter() - start
     except Exception as error:
-        return tag, False, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}", time.perf_counter() - start
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+        # A clean-process failure carries the child's traceback: its last line is the actual cause.
+        reason = lines[0][:160] + (f" ... {lines[-1][:200]}" if len(lines) > 1 else "")
+        return tag, False, f"{type(error).__name__}: {reason}", time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,21 @@ def test_rope_training_augmentation_matches_timm() -> None:
         plain = model(x).last_hidden_state
     torch.testing.assert_close(augmented, expected, **TOL)
     assert not torch.allclose(augmented, other_draw) and not torch.allclose(augmented, plain)
+
+
+@pytest.mark.parametrize("variant", ["siglip_map", "dinov2_reg", "eva02_mim"])  # DINOv3 is dynamic-size in timm
+def test_native_size_with_a_pixel_remainder_drops_it_like_timm(variant: str) -> None:
+    """36 = 4 patches of 8 + 4 pixels, as SigLIP so400m/14 at 384 = 27 patches + 6: timm's conv drops the rest."""
+    timm_model = make_timm(variant, img_size=36)
+    model = vitzoo_from_timm(timm_model, "model")
+    classifier = vitzoo_from_timm(timm_model, "classifier")
+    x = _inputs(timm_model)
+    with torch.no_grad():
+        features = timm_model.forward_features(x)
+        out = model(x)
+        torch.testing.assert_close(out.last_hidden_state, features, **TOL)
+        torch.testing.assert_close(out.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
+        torch.testing.assert_close(classifier(x).logits, timm_model(x), **TOL)
+    assert features.shape[1] == timm_model.num_prefix_tokens + 16
+    with pytest.raises(ValueError, match="not divisible by the patch size 8x8"):
+        model(torch.randn(1, 3, 44, 44), interpolate_pos_encoding=True)

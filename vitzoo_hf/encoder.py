@@ -64,6 +64,13 @@ class PatchTokenEmbeddings(nn.Module):
                 f"{self.image_size[1]}). Pass interpolate_pos_encoding=True to run at another size, or resize the "
                 "images (the model's image processor does)."
             )
+        patch = self.patch_embed.patch_size
+        # Divisibility first: it is static while exporting, so the size comparison is never traced.
+        if (height % patch[0] or width % patch[1]) and (height, width) != self.image_size:
+            raise ValueError(
+                f"Input size {height}x{width} is not divisible by the patch size {patch[0]}x{patch[1]}; resize or "
+                "crop the images to a multiple of it (only the model's own image size may leave a remainder)."
+            )
         x, grid = self.patch_embed(pixel_values)
         batch = x.shape[0]
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]

@@ -83,12 +83,8 @@ class PatchEmbed(nn.Module):
         self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        height, width = pixel_values.shape[-2:]
-        if height % self.patch_size[0] or width % self.patch_size[1]:
-            raise ValueError(
-                f"Input size {height}x{width} is not divisible by the patch size "
-                f"{self.patch_size[0]}x{self.patch_size[1]}; resize or crop the images to a multiple of it."
-            )
+        """A remainder of pixels past the last whole patch is dropped, as timm's strict-size patch embed does
+        at the native size (SigLIP so400m/14 at 384 runs on a 27x27 grid)."""
         x = self.proj(pixel_values.to(self.proj.weight.dtype))
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
