@@ -31,12 +31,12 @@ from native_ports import PORTS  # noqa: E402
 
 from conversion.families import family_for  # noqa: E402
 
-CONFIGS = [  # (label, timm name, native port, input size)
+CONFIGS = [  # (label, timm name, native port, input size); the slowest last, so a capped CPU run loses least
     ("ViT-S/16", "vit_small_patch16_224", "vit", 224),
     ("ViT-B/16", "vit_base_patch16_224", "vit", 224),
     ("DINOv2-S/14", "vit_small_patch14_dinov2", "dinov2", 224),
-    ("DINOv2-S/14", "vit_small_patch14_dinov2", "dinov2", 518),
     ("DINOv3-S/16", "vit_small_patch16_dinov3", "dinov3", 224),
+    ("DINOv2-S/14", "vit_small_patch14_dinov2", "dinov2", 518),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
