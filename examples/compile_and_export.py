@@ -87,6 +87,11 @@ def onnx_check(model: torch.nn.Module, path: Path, sizes: list[tuple[int, int]])
     return report
 
 
+def pair(value: int | list[int]) -> tuple[int, int]:
+    """Config sizes are an int (square) or [height, width]."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, _, width = text.partition("x")
     return int(height), int(width or height)
@@ -103,8 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = Exportable(load(args.model, args.task), OUTPUTS[args.task]).eval()
     config = model.model.config
-    native = parse_size(str(config.image_size)) if isinstance(config.image_size, int) else tuple(config.image_size)
-    patch = (config.patch_size,) * 2 if isinstance(config.patch_size, int) else tuple(config.patch_size)
+    native, patch = pair(config.image_size), pair(config.patch_size)
     sizes = args.sizes or [native, (native[0] + 2 * patch[0], native[1] + patch[1])]
     summary = {"task": args.task, "sizes": [list(size) for size in sizes]}
     if not args.skip_compile:

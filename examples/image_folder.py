@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 from datasets import DatasetDict, load_dataset
-from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoImageProcessor, AutoModelForImageClassification, BaseImageProcessor, PreTrainedModel
 
 
-def load_image_folder(data_dir: str | Path, model: str | Path) -> tuple[DatasetDict, list[str]]:
+def load_image_folder(data_dir: str | Path, model: str | Path) -> tuple[DatasetDict, list[str], BaseImageProcessor]:
     """``data_dir`` holds ``train/<class>/*`` and ``validation/<class>/*``; images are decoded and
-    preprocessed lazily, batch by batch, with the processor saved next to ``model``."""
+    preprocessed lazily, batch by batch, with the processor saved next to ``model`` (returned too, so a
+    script can save it with its trained model)."""
     processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=True)
     dataset = load_dataset("imagefolder", data_dir=str(data_dir))
     labels = dataset["train"].features["label"].names
@@ -22,7 +23,7 @@ def load_image_folder(data_dir: str | Path, model: str | Path) -> tuple[DatasetD
         images = [image.convert("RGB") for image in batch["image"]]
         return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
-    return dataset.with_transform(transform), labels
+    return dataset.with_transform(transform), labels, processor
 
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:

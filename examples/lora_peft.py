@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    dataset, labels = load_image_folder(args.data, args.model)
+    dataset, labels, _ = load_image_folder(args.data, args.model)
     model = get_peft_model(classifier_for(args.model, labels), lora_config(args.rank))
     trainable, total = model.get_nb_trainable_parameters()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)

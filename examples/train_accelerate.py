@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=args.cpu)
     set_seed(args.seed)
-    dataset, labels = load_image_folder(args.data, args.model)
+    dataset, labels, _ = load_image_folder(args.data, args.model)
     model = classifier_for(args.model, labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     train = DataLoader(dataset["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate)

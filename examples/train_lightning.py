@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     L.seed_everything(args.seed, verbose=False)
-    dataset, labels = load_image_folder(args.data, args.model)
+    dataset, labels, _ = load_image_folder(args.data, args.model)
     loaders = (
         DataLoader(dataset["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate),
         DataLoader(dataset["validation"], batch_size=args.batch_size, collate_fn=collate),

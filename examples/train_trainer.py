@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 from image_folder import classifier_for, collate, load_image_folder, training_parser
-from transformers import AutoImageProcessor, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
+from transformers import AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -22,7 +22,7 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     args = training_parser(__doc__, batch_size=8, epochs=3.0, learning_rate=1e-3).parse_args(argv)
 
-    dataset, labels = load_image_folder(args.data, args.model)
+    dataset, labels, processor = load_image_folder(args.data, args.model)
     model = classifier_for(args.model, labels)
     training = TrainingArguments(
         output_dir=str(args.output_dir),
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=dataset["validation"],
         data_collator=collate,
         compute_metrics=accuracy,
+        processing_class=processor,  # save_model writes preprocessor_config.json with the weights
     )
     before = trainer.evaluate()["eval_accuracy"]
     trainer.train()
     after = trainer.evaluate()["eval_accuracy"]
 
     final = args.output_dir / "final"
-    trainer.save_model(final)  # weights, config with the label names, and the model's code files
-    AutoImageProcessor.from_pretrained(args.model, trust_remote_code=True).save_pretrained(final)
+    trainer.save_model(final)  # weights, config with the label names, the model's code files, the processor
     reloaded = AutoModelForImageClassification.from_pretrained(final, trust_remote_code=True)
     reloaded_accuracy = Trainer(
         model=reloaded,
