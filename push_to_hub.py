@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, ModelCard, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from conversion.model_card import REPO_ID_PLACEHOLDER
+from conversion.parity_record import read_parity_record, stale_parity_problems, weight_files
 from conversion.remote_code import import_problems
 from conversion.verify import run_folder
 
@@ -43,13 +45,6 @@ class PublishError(RuntimeError):
 class Target:
     folder: Path
     repo_id: str
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    return [folder / "model.safetensors"]
 
 
 def _classes_in(path: Path) -> set[str]:
@@ -82,13 +77,14 @@ def validate(folder: Path) -> list[str]:
             problems.append(f"{reference}: {code.name} defines no class {cls}")
     for code in sorted(folder.glob("*.py")):
         problems += import_problems(code)
-    for weights in _weight_files(folder):
+    for weights in weight_files(folder):
         try:
             with safe_open(str(weights), framework="pt") as handle:
                 if not list(handle.keys()):
                     problems.append(f"{weights.name} holds no tensors")
         except (SafetensorError, OSError) as error:
             problems.append(f"{weights.name} is not a readable safetensors file ({error})")
+    problems += stale_parity_problems(folder)
     card = ModelCard.load(folder / "README.md")
     for field in ("library_name", "pipeline_tag", "tags"):
         if not getattr(card.data, field, None):
@@ -108,8 +104,26 @@ def smoke_test(folder: Path) -> None:
         raise PublishError(f"{folder} produces non-finite outputs")
 
 
+def upload_set(folder: Path) -> list[Path]:
+    """The files a publication sends: the folder's files, none hidden or under a hidden folder (caches)."""
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def operations(target: Target) -> list[CommitOperationAdd]:
+    """One add per file of the upload set; the card's usage snippet gets the real repo id."""
+    adds = []
+    for path in upload_set(target.folder):
+        name = path.relative_to(target.folder).as_posix()
+        content: Path | bytes = path
+        if name == "README.md":
+            content = path.read_text().replace(f'"{REPO_ID_PLACEHOLDER}"', f'"{target.repo_id}"').encode()
+        adds.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+    return adds
+
+
 def commit_plan(target: Target, revision: str | None) -> list[str]:
-    files = sorted(p for p in target.folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = upload_set(target.folder)
     lines = [f"repo {target.repo_id} @ {revision or 'main'}: {len(files)} files"]
     lines += [f"  {p.relative_to(target.folder)}  {p.stat().st_size:,} bytes" for p in files]
     return lines
@@ -119,8 +133,8 @@ def commit_message(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
     tag = config.get("timm_pretrained_tag")
     name = config.get("timm_model_name", folder.name) + (f".{tag}" if tag else "")
-    parity = config.get("vitzoo_parity", {})
-    worst = max(parity.get("max_abs_diff", {"none": float("nan")}).values())
+    record = read_parity_record(folder) or {}
+    worst = max(record.get("max_abs_diff", {"none": float("nan")}).values())
     return f"Upload {name} (vitzoo_hf, timm {config.get('timm_version', '?')}, parity max abs diff {worst:.1e})"
 
 
@@ -133,13 +147,12 @@ def publish(api: HfApi, target: Target, private: bool, revision: str | None, cre
         before = api.model_info(target.repo_id, revision=revision).sha
     except HfHubHTTPError:
         before = None
-    info = api.upload_folder(
+    info = api.create_commit(
         repo_id=target.repo_id,
-        folder_path=str(target.folder),
+        operations=operations(target),
         revision=revision,
         commit_message=commit_message(target.folder),
         create_pr=create_pr,
-        ignore_patterns=[".*"],
     )
     return info.oid, info.oid != before
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from conversion.convert_timm import DTYPES, convert
+from conversion.parity_record import read_parity_record, stale_parity_problems
 
 
 @dataclass
@@ -51,14 +52,18 @@ def read_manifest(path: Path) -> list[Entry]:
 
 
 def finished(folder: Path, name: str) -> dict | None:
-    """The saved config if ``folder`` already holds a verified conversion of ``name``."""
+    """The parity record if ``folder`` already holds a verified conversion of ``name`` whose weights are still the
+    verified ones."""
     try:
         config = json.loads((folder / "config.json").read_text())
+        record = read_parity_record(folder)
+        if record is None or stale_parity_problems(folder):
+            return None
     except (OSError, ValueError):
         return None
     tag = config.get("timm_pretrained_tag")
     converted = config.get("timm_model_name", "") + (f".{tag}" if tag else "")
-    return config if "vitzoo_parity" in config and converted == name else None
+    return record if converted == name else None
 
 
 def _parity(max_abs_diff: dict[str, float], scope: str) -> str:
@@ -72,9 +77,8 @@ def run(entries: list[Entry], output_root: Path, dtype: str, overwrite: bool) ->
         folder = output_root / entry.name
         done = None if overwrite else finished(folder, entry.name)
         if done is not None:
-            parity = done["vitzoo_parity"]
             outcomes.append(
-                Outcome(entry.name, "skipped (done)", parity=_parity(parity["max_abs_diff"], parity["verified_blocks"]))
+                Outcome(entry.name, "skipped (done)", parity=_parity(done["max_abs_diff"], done["verified_blocks"]))
             )
             continue
         start = time.perf_counter()

@@ -54,6 +54,11 @@ def mlp_spec(mlp: nn.Module) -> dict:
     return dict(mlp_type=kind, intermediate_size=hidden, hidden_act=activation_name(mlp.act))
 
 
+def square_or_pair(size: tuple[int, int]) -> int | list[int]:
+    """An int for square sizes: transformers' dense models (DPT, DepthAnything) read ``patch_size`` as one."""
+    return int(size[0]) if size[0] == size[1] else [int(size[0]), int(size[1])]
+
+
 def check_patch_embed(embed: nn.Module) -> None:
     if type(embed).__name__ != "PatchEmbed":
         raise UnsupportedArchitecture(f"patch embedding {type(embed).__name__} is not supported (PatchEmbed is).")
@@ -74,8 +79,8 @@ def encoder_fields(model: nn.Module, block_types: tuple[str, ...]) -> dict:
         raise UnsupportedArchitecture(f"block type {type(block).__name__} is not supported ({supported} are).")
     norm_type, eps = norm_spec(block.norm1)
     return dict(
-        image_size=list(embed.img_size),
-        patch_size=list(embed.patch_size),
+        image_size=square_or_pair(embed.img_size),
+        patch_size=square_or_pair(embed.patch_size),
         num_channels=embed.proj.in_channels,
         hidden_size=model.embed_dim,
         num_hidden_layers=len(model.blocks),
@@ -107,7 +112,8 @@ def head_fields(model: nn.Module) -> dict:
     if not isinstance(model.head, (nn.Linear, nn.Identity)):
         raise UnsupportedArchitecture(f"classifier {type(model.head).__name__} is not supported (Linear is).")
     num_classes = model.head.out_features if isinstance(model.head, nn.Linear) else 0
-    return dict(head_type="linear" if num_classes else "none", num_labels=num_classes or 1)
+    # A headless model gets no labels (num_labels=0): asking for N labels later creates a fresh N-class head.
+    return dict(head_type="linear", num_labels=num_classes)
 
 
 EMBEDDING_KEYS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed.")

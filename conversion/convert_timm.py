@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -22,18 +21,21 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+from timm.data import DEFAULT_CROP_PCT, ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
-from transformers import CLIPImageProcessor
 from transformers.dynamic_module_utils import custom_object_save
 
 from conversion.checkpoints import TensorSource, open_checkpoint, write_shards
 from conversion.families import Family, family_for
 from conversion.model_card import write_model_card
+from conversion.parity_record import write_parity_record
 from conversion.verify import run_folder
+from vitzoo_hf import VitzooImageProcessor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = 1e-4
+# PIL filter numbers of timm's interpolation names
+RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
 PARTIAL_BLOCKS = 2
 
 
@@ -102,26 +104,26 @@ def id2label_for(model: torch.nn.Module, num_classes: int, labels: Path | None) 
     return {i: info.index_to_description(i) for i in range(num_classes)}
 
 
-def image_processor_for(model: torch.nn.Module) -> CLIPImageProcessor:
-    """A stock processor reproducing timm's eval transform: resize by crop_pct, center crop, normalize."""
-    data = resolve_data_config({}, model=model)
+def image_processor_for(model: torch.nn.Module) -> VitzooImageProcessor:
+    """The processor that reproduces timm's eval transform for this model's pretrained config, at the size the
+    model was built for (a checkpoint fine-tuned at another ``img_size`` keeps its crop rule at its own size)."""
+    embed = model.patch_embed
+    data = resolve_data_config({"input_size": (embed.proj.in_channels, *embed.img_size)}, model=model)
     height, width = data["input_size"][1:]
-    crop_pct, crop_mode = data.get("crop_pct", 1.0), data.get("crop_mode", "center")
-    scale = math.floor(min(height, width) / crop_pct)
-    if crop_mode == "center":
-        size = {"shortest_edge": scale}
-    elif crop_mode == "squash":
-        size = {"height": math.floor(height / crop_pct), "width": math.floor(width / crop_pct)}
-    else:
-        raise ConversionError(f"crop_mode {crop_mode!r} has no stock transformers processor equivalent.")
-    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}[data["interpolation"]]
-    return CLIPImageProcessor(
+    crop_mode = data.get("crop_mode") or "center"
+    size = (
+        {"shortest_edge": height} if height == width and crop_mode == "center" else {"height": height, "width": width}
+    )
+    interpolation = data["interpolation"]
+    if interpolation not in RESAMPLE:
+        raise ConversionError(f"interpolation {interpolation!r} is not supported (supported: {', '.join(RESAMPLE)}).")
+    return VitzooImageProcessor(
         size=size,
-        crop_size={"height": height, "width": width},
-        resample=resample,
+        crop_pct=data.get("crop_pct") or DEFAULT_CROP_PCT,
+        crop_mode=crop_mode,
+        resample=RESAMPLE[interpolation],
         image_mean=list(data["mean"]),
         image_std=list(data["std"]),
-        do_convert_rgb=True,
     )
 
 
@@ -217,7 +219,7 @@ def _write_folder(
     max_shard_size: str,
 ) -> None:
     """Weights (streamed), config, code files and image processor; every key must land on our model."""
-    with_head = config.head_type != "none"
+    with_head = config.num_labels > 0
     model_class = family.classifier if with_head else family.model
     with torch.device("meta"):
         target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
@@ -301,16 +303,18 @@ def convert(
                 overrides["num_key_value_heads"] = config.num_key_value_heads[:blocks]
         parity = verify(staging, reference, num_classes > 0, overrides)
         del reference
-        config_path = staging / "config.json"
-        saved = json.loads(config_path.read_text())
-        saved["vitzoo_parity"] = {
-            "max_abs_diff": parity,
-            "tolerance": TOLERANCE,
-            "reference": "timm",
-            "verified_blocks": "all" if blocks is None else f"first {blocks} of {len(skeleton.blocks)}",
-        }
-        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-        write_model_card(staging, saved, skeleton.pretrained_cfg, parity, num_parameters, checkpoint)
+        record = write_parity_record(
+            staging,
+            {
+                "max_abs_diff": parity,
+                "tolerance": TOLERANCE,
+                "reference": f"timm {timm.__version__}",
+                "timm_model": model_name,
+                "verified_blocks": "all" if blocks is None else f"first {blocks} of {len(skeleton.blocks)}",
+            },
+        )
+        saved = json.loads((staging / "config.json").read_text())
+        write_model_card(staging, saved, record, skeleton.pretrained_cfg, num_parameters, checkpoint)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)

@@ -8,7 +8,6 @@ drop --checkpoint and the converter fetches timm's pretrained weights for the ta
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor
 
+from conversion.parity_record import read_parity_record
 from conversion.verify import clean_env
 
 MODEL = "vit_small_patch16_224.augreg_in21k_ft_in1k"
@@ -34,7 +34,8 @@ from transformers import AutoImageProcessor, AutoModel, pipeline
 folder, image_path, out_path = sys.argv[1:4]
 image = Image.open(image_path)
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-pixel_values = AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt").pixel_values
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+pixel_values = processor(image, return_tensors="pt").pixel_values
 with torch.no_grad():
     pooled = model(pixel_values).pooler_output
 torch.save({"pixel_values": pixel_values, "pooled": pooled}, out_path)
@@ -72,10 +73,10 @@ def main(workdir: Path = Path("demo_output")) -> None:
         reference = timm_model.forward_head(timm_model.forward_features(child["pixel_values"]), pre_logits=True)
     diff = (child["pooled"] - reference).abs().max().item()
     print(f"   pooler_output vs timm pre-logits: max abs diff {diff:.2e}")
-    parity = json.loads((folder / "config.json").read_text())["vitzoo_parity"]["max_abs_diff"]
+    parity = read_parity_record(folder)["max_abs_diff"]
     print(f"   converter's own check: max abs diff {max(parity.values()):.2e} over {len(parity)} outputs")
-    processor = AutoImageProcessor.from_pretrained(folder)
-    settings = {k: v for k, v in processor.to_dict().items() if k in ("size", "crop_size", "resample", "image_mean")}
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    settings = {k: v for k, v in processor.to_dict().items() if k in ("size", "crop_pct", "crop_mode", "resample")}
     print(f"   image processor: {type(processor).__name__} {settings}")
     if diff > 1e-4:
         raise SystemExit(f"parity failed: {diff:.3e}")

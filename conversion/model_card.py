@@ -6,15 +6,23 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from vitzoo_hf.compat import MINIMUM_TRANSFORMERS
+
+SUPPORTED_TRANSFORMERS = f">= {'.'.join(map(str, MINIMUM_TRANSFORMERS))} (4.57.x or any 5.x)"
+
+# The usage snippet's repo id: push_to_hub.py puts the real one in the card it uploads.
+REPO_ID_PLACEHOLDER = "REPO_ID"
+
 
 def write_model_card(
     folder: Path,
     config: dict,
+    record: dict,
     pretrained_cfg: dict,
-    parity: dict[str, float],
     num_parameters: int,
     checkpoint: Path | None,
 ) -> None:
+    """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
@@ -24,8 +32,8 @@ def write_model_card(
         tags=["vitzoo_hf", "timm", "vision", "custom_code"],
         base_model=pretrained_cfg.get("hf_hub_id") if checkpoint is None else None,
     )
-    rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(parity.items()))
-    scope = config["vitzoo_parity"]["verified_blocks"]
+    rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(record["max_abs_diff"].items()))
+    scope = record["verified_blocks"]
     if scope != "all":
         scope_note = (
             f"\n\nThe model was too large to verify whole in memory, so the check ran on the {scope} blocks of both "
@@ -36,6 +44,19 @@ def write_model_card(
         scope_note = ""
     source = f"the local checkpoint `{checkpoint.name}`" if checkpoint else f"timm's pretrained weights for `{name}`"
     auto_class = "AutoModelForImageClassification" if with_head else "AutoModel"
+    fine_tune = (
+        ""
+        if with_head
+        else f"""
+To fine-tune a classifier, ask for your classes; a new head is created on these weights:
+
+```python
+model = AutoModelForImageClassification.from_pretrained(
+    "{REPO_ID_PLACEHOLDER}", trust_remote_code=True, num_labels=10, ignore_mismatched_sizes=True
+)
+```
+"""
+    )
     content = f"""---
 {data.to_yaml()}
 ---
@@ -43,16 +64,17 @@ def write_model_card(
 # {name} (vitzoo_hf)
 
 timm's `{name}` as a native Hugging Face model ({num_parameters:,} parameters). It needs only `torch` and
-`transformers`: the modeling code ships in this repository.
+`transformers` {SUPPORTED_TRANSFORMERS}: the modeling code ships in this repository (older releases stop at loading
+with a message naming the installed and the minimum version).
 
 ```python
 from transformers import {auto_class}, AutoImageProcessor
 
-model = {auto_class}.from_pretrained("REPO_ID", trust_remote_code=True)
-processor = AutoImageProcessor.from_pretrained("REPO_ID")
+model = {auto_class}.from_pretrained("{REPO_ID_PLACEHOLDER}", trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained("{REPO_ID_PLACEHOLDER}", trust_remote_code=True)
 outputs = model(**processor(images, return_tensors="pt"))
 ```
-
+{fine_tune}
 Other sizes: `model(pixel_values, interpolate_pos_encoding=True)` resamples the position embedding exactly as
 timm does. Features for dense tasks: `AutoBackbone` (see the vitzoo_hf README for the route that works with
 local folders).
@@ -62,7 +84,8 @@ local folders).
 Converted from {source} with timm {config["timm_version"]}. Verified after writing, by loading this folder as
 remote code in a clean process and comparing with timm on the same weights (fp32, eval; "interpolated" is a
 second input size against timm built with `dynamic_img_size=True`). Max absolute differences, tolerance
-{config["vitzoo_parity"]["tolerance"]}:
+{record["tolerance"]} (the record, with the hashes of the weight files it holds for, is `vitzoo_parity.json`; it
+does not apply to weights saved after a fine-tune):
 
 | output | max abs diff |
 |---|---|

@@ -9,9 +9,9 @@ import timm
 import torch
 from timm.layers import LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
 from timm.models.vision_transformer import ResPostBlock
-from transformers import CLIPImageProcessor
 
 from conversion.families import family_for
+from vitzoo_hf import VitzooImageProcessor
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=7)
 # RoPE needs head_dim % 4 == 0 with room for several bands: 64 wide, 4 heads.
@@ -119,6 +119,9 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     Loading is strict: every converted key must exist in our model and every parameter must be covered.
     """
     family = family_for(timm_model)
+    if role == "classifier" and not timm_model.num_classes:
+        # timm's model(x) without a classifier is the pooled output: our head_type "none", one logit per feature.
+        config_overrides = {"head_type": "none", "num_labels": timm_model.num_features, **config_overrides}
     config = family.mapping.config_from_timm(timm_model, **config_overrides)
     config._attn_implementation = attn
     model = getattr(family, role)(config)
@@ -129,11 +132,21 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     return model.eval()
 
 
-def save_tiny_folder(variant: str, folder: Path, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A saved tiny classifier folder (code files, config with labels, weights, a 32-pixel stock processor), as
-    a converted folder would be, plus the vitzoo model and the timm model (``dynamic_img_size``) it holds."""
+def save_tiny_folder(
+    variant: str, folder: Path, seed: int = 0, headless: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A saved tiny folder (code files, config, weights, a 32-pixel processor), as a converted folder would be,
+    plus the vitzoo model and the timm model (``dynamic_img_size``) it holds. A classifier with 7 named labels, or
+    with ``headless`` a foundation model without classifier (``num_labels=0``), as converted DINOv2/DINOv3 are."""
+    if headless:
+        timm_model = make_timm(variant, dynamic=True, seed=seed, num_classes=0)
+        model = vitzoo_from_timm(timm_model, "model")
+        model.config.architectures = [type(model).__name__]
+        model.save_pretrained(folder)
+        VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
+        return model, timm_model
     timm_model = make_timm(variant, dynamic=True, seed=seed)
     model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
     model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
     return model, timm_model

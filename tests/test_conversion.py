@@ -43,21 +43,25 @@ def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "README.md",
+        "compat.py",
         "config.json",
         "config_common.py",
         "configuration_vit.py",
         "encoder.py",
         "heads.py",
+        "image_processing_vitzoo.py",
         "layers.py",
         "model.safetensors",
         "modeling_vit.py",
         "preprocessor_config.json",
-        "rope.py",
+        "vitzoo_parity.json",
     ]
     config = json.loads((out / "config.json").read_text())
     assert config["timm_model_name"] == name and config["timm_pretrained_tag"] == "r160_in1k"
     assert config["id2label"]["0"] == "tench, Tinca tinca" and len(config["id2label"]) == 1000
-    parity = config["vitzoo_parity"]["max_abs_diff"]
+    assert "vitzoo_parity" not in config  # the claim lives beside the weights it was verified on, not in the config
+    record = json.loads((out / "vitzoo_parity.json").read_text())
+    parity = record["max_abs_diff"]
     assert {"native.logits", "interpolated.logits", "native.pooler_output"} <= set(parity)
     assert max(parity.values()) <= 1e-4
     weights = load_file(out / "model.safetensors")
@@ -177,7 +181,7 @@ def test_too_large_to_verify_whole_is_verified_partially_and_said(tmp_path: Path
     result = convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path), memory_budget=1)
     assert result.verified_blocks == 2
     config = json.loads((result.output_dir / "config.json").read_text())
-    assert config["vitzoo_parity"]["verified_blocks"] == "first 2 of 6"
+    assert json.loads((result.output_dir / "vitzoo_parity.json").read_text())["verified_blocks"] == "first 2 of 6"
     assert config["num_hidden_layers"] == 6 and max(result.parity.values()) <= 1e-4
     assert "first 2 of 6 blocks" in (result.output_dir / "README.md").read_text()
 

@@ -47,11 +47,12 @@ def folders(tmp_path_factory) -> dict:
     """Saved tiny classifiers, built on first use: variant -> (folder, vitzoo model, timm model)."""
     root, made = tmp_path_factory.mktemp("models"), {}
 
-    def get(variant: str) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
-        if variant not in made:
-            folder = root / variant
-            made[variant] = (folder, *save_tiny_folder(variant, folder))
-        return made[variant]
+    def get(variant: str, headless: bool = False) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+        key = (variant, headless)
+        if key not in made:
+            folder = root / f"{variant}{'-headless' if headless else ''}"
+            made[key] = (folder, *save_tiny_folder(variant, folder, headless=headless))
+        return made[key]
 
     return get
 
@@ -77,8 +78,10 @@ def test_toy_folder_has_both_splits_and_varied_sizes(toy: Path) -> None:
     assert len(sizes) > 1
 
 
-def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path) -> None:
-    model, _, _ = folders("dinov2_reg")
+@pytest.mark.parametrize(("variant", "headless"), [("dinov2_reg", False), ("dinov3", True)], ids=["head", "headless"])
+def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path, variant, headless) -> None:
+    """On a folder with a 7-class head (replaced) and on a headless one (a head is created), as README shows."""
+    model, _, _ = folders(variant, headless)
     summary = run_example(
         "train_trainer.py", "--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), hf_home=hf_home
     )
@@ -88,11 +91,12 @@ def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, t
     saved = Path(summary["saved"])
     config = json.loads((saved / "config.json").read_text())
     assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}
-    assert {"modeling_vit.py", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
+    code = "modeling_eva.py" if variant == "dinov3" else "modeling_vit.py"
+    assert {code, "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
 
 
 def test_lightning_two_stages_checkpoint_resume_and_load(toy, folders, hf_home, tmp_path) -> None:
-    model, _, _ = folders("dinov3")
+    model, _, _ = folders("dinov3", headless=True)  # a foundation model: the head is created for the classes
     common = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--batch-size", "8"]
     first = run_example("train_lightning.py", *common, "--full-epochs", "1", hf_home=hf_home)
     steps_per_epoch = TRAIN_IMAGES // 8
@@ -150,13 +154,13 @@ def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, t
 @pytest.mark.parametrize(
     ("variant", "targets"),
     [
-        ("dinov2_reg", ["fc1", "fc2", "proj", "qkv"]),
+        ("dinov2_reg-headless", ["fc1", "fc2", "proj", "qkv"]),
         ("eva_giant_abs_pos", ["fc1", "fc2", "proj", "qkv"]),  # fused qkv with q/v bias
         ("eva02_clip_scale_attn", ["fc1_g", "fc1_x", "fc2", "k_proj", "proj", "q_proj", "v_proj"]),
     ],
 )
 def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf_home, tmp_path) -> None:
-    model, _, _ = folders(variant)
+    model, _, _ = folders(variant.removesuffix("-headless"), variant.endswith("-headless"))
     summary = run_example(
         "lora_peft.py", "--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--epochs", "2",
         hf_home=hf_home,
@@ -197,7 +201,8 @@ def test_feature_extraction_pipeline_gives_timm_pre_logits(variant, folders, toy
     folder, _, timm_model = folders(variant)
     image = Image.open(toy / "validation" / "red" / "red_001.png").convert("RGB")
     pooled = extractor(str(folder))(image, pool=True, return_tensors=True)
-    pixel_values = AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = timm_model.forward_head(timm_model.forward_features(pixel_values), pre_logits=True)
     torch.testing.assert_close(pooled.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)

@@ -86,7 +86,12 @@ def test_publish_then_reload_pinned_in_a_fresh_process(folder: Path, hub) -> Non
     assert f'revision="{sha}"' in run.stdout and f"published at {sha}" in run.stdout
     published = repo.commits[sha]
     local = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    # The card's usage snippet names the real repo, filled in on the way up; everything else is sent as it is.
+    card = local["README.md"].decode()
+    assert 'from_pretrained("REPO_ID"' in card
+    local["README.md"] = card.replace('"REPO_ID"', '"vitzoo/tiny-vit"').encode()
     assert {k: v for k, v in published.items() if k != ".gitattributes"} == local
+    assert 'from_pretrained("vitzoo/tiny-vit", trust_remote_code=True)' in published["README.md"].decode()
     assert all(authorised for method, _, authorised in state.requests if method == "POST")
     # A user's machine: only torch + transformers, loading by repo id pinned to the published commit.
     from_hub = reload(env, "vitzoo/tiny-vit", sha)
@@ -126,13 +131,18 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
         (copy / "preprocessor_config.json").unlink()
     elif how == "bad import":
         layers = copy / "layers.py"
-        layers.write_text("import numpy\n" + layers.read_text())
+        layers.write_text("import requests\n" + layers.read_text())
     elif how == "truncated weights":
         weights = copy / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:5000])
-    elif how == "weights missing a tensor":
+    elif how == "weights missing a tensor":  # a user's folder without a parity record: the smoke test catches it
+        (copy / "vitzoo_parity.json").unlink()
         tensors = load_file(copy / "model.safetensors")
         tensors.pop("vit.blocks.0.attn.qkv.weight")
+        save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    elif how == "weights changed after conversion":
+        tensors = load_file(copy / "model.safetensors")
+        tensors["vit.blocks.0.attn.qkv.weight"] += 1
         save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
     return copy
 
@@ -141,7 +151,8 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
     ("how", "message"),
     [
         ("missing file", "missing preprocessor_config.json"),
-        ("bad import", "layers.py:1 imports numpy"),
+        ("bad import", "layers.py:1 imports requests"),
+        ("weights changed after conversion", "vitzoo_parity.json was verified on other weights"),
         ("truncated weights", "model.safetensors is not a readable safetensors file"),
         ("weights missing a tensor", "weights do not match the config"),
     ],

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPImageProcessor
 
 import vitzoo_hf
 from conversion.remote_code import import_problems
 from conversion.verify import clean_env
 from tests.helpers import save_tiny_folder
+from vitzoo_hf import VitzooImageProcessor
 
 CHILD = r"""
 import sys
@@ -49,21 +49,25 @@ print(type(model).__module__)
 """
 
 
+# Only what each family imports: the vit family has no RoPE.
 FAMILY_FILES = {
     "vit": [
+        "compat.py",
         "config_common.py",
         "configuration_vit.py",
         "encoder.py",
         "heads.py",
+        "image_processing_vitzoo.py",
         "layers.py",
         "modeling_vit.py",
-        "rope.py",
     ],
     "eva": [
+        "compat.py",
         "config_common.py",
         "configuration_eva.py",
         "encoder.py",
         "heads.py",
+        "image_processing_vitzoo.py",
         "layers.py",
         "modeling_eva.py",
         "rope.py",
@@ -137,7 +141,7 @@ def test_pipeline_image_classification_returns_named_labels(saved) -> None:
     image = Image.fromarray((torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy())
     rows = classify(image, top_k=3)
     assert len(rows) == 3 and all(row["label"].startswith("class_") for row in rows)
-    processor = CLIPImageProcessor.from_pretrained(folder)
+    processor = VitzooImageProcessor.from_pretrained(folder)
     with torch.no_grad():
         probs = model(processor(image, return_tensors="pt").pixel_values).logits.softmax(-1)[0]
     top = probs.topk(3)
@@ -149,12 +153,12 @@ def test_import_rules_catch_what_breaks_on_the_hub(tmp_path: Path) -> None:
     (tmp_path / "sibling.py").write_text("X = 1\n")
     bad = tmp_path / "modeling_bad.py"
     bad.write_text(
-        "import numpy\nfrom timm.layers import Mlp\nfrom ..pkg import y\nfrom . import sibling\n"
+        "import requests\nimport numpy\nfrom timm.layers import Mlp\nfrom ..pkg import y\nfrom . import sibling\n"
         "from .missing import Z\nfrom .sibling import X\ntry:\n    import scipy\nexcept ImportError:\n    pass\n"
     )
     problems = import_problems(bad)
     assert len(problems) == 5, problems
-    for fragment in ("numpy", "timm.layers", ":3 relative", ":4 relative", "missing sibling missing.py"):
+    for fragment in ("requests", "timm.layers", ":4 relative", ":5 relative", "missing sibling missing.py"):
         assert any(fragment in problem for problem in problems), (fragment, problems)
 
 

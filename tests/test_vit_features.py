@@ -60,7 +60,7 @@ def test_mlp_head_layers_and_none_head() -> None:
     linears = [m for m in model.head.layers if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(32, 48), (48, 24), (24, 3)]
     assert sum(isinstance(m, nn.LayerNorm) for m in model.head.layers) == 2
-    identity = VitzooViTForImageClassification(tiny_config(head_type="none")).eval()
+    identity = VitzooViTForImageClassification(tiny_config(head_type="none", num_labels=32)).eval()
     with torch.no_grad():
         torch.testing.assert_close(identity(images()).logits, identity.vit(images()).pooler_output)
 

@@ -5,10 +5,11 @@ and AutoBackbone, and marks the classes so that ``save_pretrained`` writes the c
 weights (the folder then loads anywhere with ``trust_remote_code=True``).
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_eva import VitzooEvaConfig
 from .configuration_vit import VitzooViTConfig
+from .image_processing_vitzoo import VitzooImageProcessor
 from .modeling_eva import (
     VitzooEvaBackbone,
     VitzooEvaForImageClassification,
@@ -42,9 +43,11 @@ def _register() -> None:
     for config_class, models in FAMILIES.items():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
+        AutoImageProcessor.register(config_class, slow_image_processor_class=VitzooImageProcessor, exist_ok=True)
         for auto_class, model_class in models.items():
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
+    VitzooImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 _register()
@@ -56,6 +59,7 @@ __all__ = [
     "VitzooEvaForImageClassification",
     "VitzooEvaModel",
     "VitzooEvaPreTrainedModel",
+    "VitzooImageProcessor",
     "VitzooViTBackbone",
     "VitzooViTConfig",
     "VitzooViTForImageClassification",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .compat import set_backbone_outputs
+
 GLOBAL_POOLS = ("token", "avg", "avgmax", "max", "map", "")
 HEAD_TYPES = ("linear", "mlp", "none")
 HEAD_POOLINGS = (None, "cls", "mean", "cls_mean", "map")
@@ -64,7 +66,7 @@ def set_backbone_options(
     config.apply_layernorm = apply_layernorm
     config.reshape_hidden_states = reshape_hidden_states
     config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
-    config.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+    set_backbone_outputs(config, out_features, out_indices)
 
 
 def auto_map(family: str, config_class: str, prefix: str) -> dict[str, str]:

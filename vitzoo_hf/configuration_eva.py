@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .compat import BackboneConfigMixin
 from .config_common import auto_map, check_choice, check_encoder, set_backbone_options, set_head_options
-
-try:  # transformers >= 5
-    from transformers.backbone_utils import BackboneConfigMixin
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers.utils.backbone_utils import BackboneConfigMixin
 
 ATTENTION_TYPES = ("eva", "rope")
 ROPE_TYPES = (None, "cat", "dinov3", "mixed")

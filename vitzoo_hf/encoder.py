@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import initialization as init
+from transformers import AutoBackbone, AutoConfig
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
+from .compat import init, init_backbone
 from .layers import (
     AttentionPoolLatent,
     DropPath,
@@ -27,7 +28,6 @@ from .layers import (
     resample_abs_pos_embed,
     to_2tuple,
 )
-from .rope import RotaryMixed
 
 
 class PatchTokenEmbeddings(nn.Module):
@@ -156,8 +156,6 @@ def init_encoder_weights(module: nn.Module, std: float) -> None:
     elif isinstance(module, SelfAttention) and getattr(module, "q_bias", None) is not None:
         init.zeros_(module.q_bias)
         init.zeros_(module.v_bias)
-    elif isinstance(module, RotaryMixed):
-        init.copy_(module.freqs, module.initial_freqs())
 
 
 def drop_path_rates(config) -> list[float]:
@@ -269,6 +267,25 @@ class EncoderBackboneMixin:
     model's final norm as timm's ``norm=True`` does. The base model sits at ``base_model_prefix``.
     """
 
+    def init_backbone(self, config) -> None:
+        """Per-stage widths; token maps (``reshape_hidden_states=False``) need a class token to lead them."""
+        if not config.reshape_hidden_states and not config.class_token:
+            raise ValueError(
+                "reshape_hidden_states=False returns [class token, patch tokens] per stage (the layout DPT and "
+                "DepthAnything reassemble), but this model has no class token. Use reshape_hidden_states=True for "
+                "NCHW maps (UperNet, Mask2Former, DETR)."
+            )
+        init_backbone(self, config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+
+    @classmethod
+    def register_auto_classes(cls) -> None:
+        """Teach AutoConfig and AutoBackbone this family in this process, so that transformers' dense models
+        (UperNet, DPT, DepthAnything, Mask2Former, DETR) build it from their ``backbone_config`` and reload it.
+        ``import vitzoo_hf`` does this for every family; this is the same for a folder loaded as remote code."""
+        AutoConfig.register(cls.config_class.model_type, cls.config_class, exist_ok=True)
+        AutoBackbone.register(cls.config_class, cls, exist_ok=True)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.embeddings.patch_embed
 
@@ -296,6 +313,8 @@ class EncoderBackboneMixin:
             if config.reshape_hidden_states:
                 state = state[:, prefix:].reshape(state.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
                 state = state.contiguous()
+            elif prefix > 1:  # [class token, patches]: other prefix tokens would shift DPT's reassemble grid
+                state = torch.cat([state[:, :1], state[:, prefix:]], dim=1)
             maps.append(state)
         output = BackboneOutput(
             feature_maps=tuple(maps),

@@ -11,6 +11,13 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
 
+NO_HEAD = (
+    "This model has no classification head (num_labels=0: it was converted from a timm model without a "
+    "classifier). Ask for one: AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True, "
+    "num_labels=N, ignore_mismatched_sizes=True) creates a new N-class linear head to train (add head_type='mlp', "
+    "head_hidden_sizes=[...] for another). For features, load it with AutoModel."
+)
+
 
 def pool_tokens(
     pooling: str,
@@ -106,11 +113,20 @@ class ImageClassifierMixin:
             raise ValueError(
                 f"head_pooling={pooling!r} needs a class token but class_token=False; use 'mean' or 'map'."
             )
+        width = pooled_width(pooling, config.hidden_size)
+        if config.head_type == "none" and config.num_labels != width:
+            raise ValueError(
+                f"head_type='none' makes the {width} pooled features the logits, but num_labels={config.num_labels}. "
+                f"Pass num_labels={width}, or head_type='linear' (or 'mlp') for a trainable "
+                f"{config.num_labels}-class head."
+            )
+        if config.head_type != "none" and config.num_labels < 1:
+            raise ValueError(NO_HEAD)
         # "map" pooling on a model without its own attention pool trains a fresh one here.
         self.head_pool = make_attn_pool() if pooling == "map" and config.global_pool != "map" else None
         head_args = (
             config.head_type,
-            pooled_width(pooling, config.hidden_size),
+            width,
             config.num_labels,
             config.head_hidden_sizes,
             config.head_act,

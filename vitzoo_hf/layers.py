@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .rope import rotate
+from .compat import attention_interface
 
 
 def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -45,6 +44,17 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
             f"(config.num_channels). Convert the images (e.g. to RGB) or build the model with num_channels="
             f"{pixel_values.shape[1]}."
         )
+
+
+def rotate(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
+    """Apply a [sin, cos] table to the last dimension of ``x`` (timm's ``apply_rot_embed_cat``)."""
+    sin, cos = rope.chunk(2, dim=-1)
+    if rotate_half:
+        first, second = x.chunk(2, dim=-1)
+        turned = torch.cat([-second, first], dim=-1)
+    else:
+        turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)
+    return (x * cos + turned * sin).to(x.dtype)
 
 
 def _exporting() -> bool:
@@ -214,7 +224,7 @@ def attention_function(implementation: str | None, output_attentions: bool) -> C
         return eager_attention_forward
     if implementation == "sdpa":
         return sdpa_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[implementation]
+    return attention_interface(implementation)
 
 
 class SelfAttention(nn.Module):

@@ -11,11 +11,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-try:  # transformers >= 5
-    from transformers.backbone_utils import BackboneMixin
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers.utils.backbone_utils import BackboneMixin
-
+from .compat import BackboneMixin, init
+from .config_common import auto_map  # noqa: F401  (imported directly so every release's loader copies it)
 from .configuration_eva import VitzooEvaConfig
 from .encoder import (
     EncoderBackboneMixin,
@@ -124,6 +121,8 @@ class VitzooEvaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         init_encoder_weights(module, self.config.initializer_range)
+        if isinstance(module, RotaryMixed):
+            init.copy_(module.freqs, module.initial_freqs())
 
 
 def _map_pool(config: VitzooEvaConfig) -> AttentionPoolLatent:
@@ -162,7 +161,7 @@ class VitzooEvaBackbone(EncoderBackboneMixin, BackboneMixin, VitzooEvaPreTrained
     def __init__(self, config: VitzooEvaConfig) -> None:
         super().__init__(config)
         self.eva = VitzooEvaModel(config)
-        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.init_backbone(config)
         self.post_init()
 
 

@@ -10,11 +10,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-try:  # transformers >= 5
-    from transformers.backbone_utils import BackboneMixin
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers.utils.backbone_utils import BackboneMixin
-
+from .compat import BackboneMixin
+from .config_common import auto_map  # noqa: F401  (imported directly so every release's loader copies it)
 from .configuration_vit import VitzooViTConfig
 from .encoder import (
     EncoderBackboneMixin,
@@ -117,7 +114,7 @@ class VitzooViTBackbone(EncoderBackboneMixin, BackboneMixin, VitzooViTPreTrained
     def __init__(self, config: VitzooViTConfig) -> None:
         super().__init__(config)
         self.vit = VitzooViTModel(config)
-        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.init_backbone(config)
         self.post_init()
 
 

@@ -28,17 +28,6 @@ def _grid(axes: list[torch.Tensor], indexing: str) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axes[0], axes[1], indexing="ij"), dim=-1)
 
 
-def rotate(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
-    """Apply a [sin, cos] table to the last dimension of ``x`` (timm's ``apply_rot_embed_cat``)."""
-    sin, cos = rope.chunk(2, dim=-1)
-    if rotate_half:
-        first, second = x.chunk(2, dim=-1)
-        turned = torch.cat([-second, first], dim=-1)
-    else:
-        turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)
-    return (x * cos + turned * sin).to(x.dtype)
-
-
 class RotaryCat(nn.Module):
     """EVA02 / Perception Encoder RoPE over patch indices (timm ``RotaryEmbeddingCat`` with ``in_pixels=False``)."""
 
