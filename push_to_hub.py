@@ -20,19 +20,28 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from conversion.model_card import REPO_ID_PLACEHOLDER
 from conversion.parity_record import read_parity_record, stale_parity_problems, weight_files
 from conversion.remote_code import import_problems
+from conversion.staging import exit_on_termination, phase
 from conversion.verify import run_folder
 
 REQUIRED = ("config.json", "preprocessor_config.json", "README.md")
+# What a converted folder (or a Trainer save of one) holds; anything else needs --allow-extra-files.
+FOLDER_FILES = re.compile(
+    r"(config\.json|preprocessor_config\.json|README\.md|vitzoo_parity\.json|model\.safetensors"
+    r"|model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json|[A-Za-z_][A-Za-z0-9_]*\.py)"
+)
+TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9_]{8,}")
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoBackbone")
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -48,16 +57,20 @@ class Target:
 
 
 def _classes_in(path: Path) -> set[str]:
-    return {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+    try:
+        return {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+    except (SyntaxError, ValueError):
+        return set()  # reported by import_problems
 
 
 def _has_head(config: dict) -> bool:
     return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
 
 
-def validate(folder: Path) -> list[str]:
+def validate(folder: Path, allow_extra_files: bool = False) -> list[str]:
     """Everything that can be checked without running the model; an empty list means publishable so far."""
-    problems = [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
+    problems = upload_set_problems(folder, allow_extra_files)
+    problems += [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
     if problems:
         return problems
     config = json.loads((folder / "config.json").read_text())
@@ -104,10 +117,33 @@ def smoke_test(folder: Path) -> None:
         raise PublishError(f"{folder} produces non-finite outputs")
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def upload_set(folder: Path) -> list[Path]:
-    """The files a publication sends: the folder's files, none hidden or under a hidden folder (caches)."""
-    files = (p for p in folder.rglob("*") if p.is_file())
-    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """The one definition of what a publication sends (the plan lists exactly it): every file of the folder but
+    hidden ones and those under hidden folders (caches, staging). Symbolic links are never followed."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and not _hidden(p, folder))
+
+
+def upload_set_problems(folder: Path, allow_extra_files: bool) -> list[str]:
+    """Symbolic links (they could point at a token file) are refused; so are files a converted folder does not
+    hold, unless allowed explicitly."""
+    problems = [
+        f"{p.relative_to(folder)} is a symbolic link; links are never uploaded (copy the file in if it belongs)"
+        for p in folder.rglob("*")
+        if p.is_symlink() and not _hidden(p, folder)
+    ]
+    if not allow_extra_files:
+        extra = [p.relative_to(folder).as_posix() for p in upload_set(folder) if not FOLDER_FILES.fullmatch(p.name)]
+        extra += [p.relative_to(folder).as_posix() for p in upload_set(folder) if p.parent != folder]
+        if extra:
+            problems.append(
+                f"files that are not part of a converted folder: {sorted(set(extra))}; remove them, or pass "
+                "--allow-extra-files to publish them too"
+            )
+    return problems
 
 
 def operations(target: Target) -> list[CommitOperationAdd]:
@@ -126,6 +162,9 @@ def commit_plan(target: Target, revision: str | None) -> list[str]:
     files = upload_set(target.folder)
     lines = [f"repo {target.repo_id} @ {revision or 'main'}: {len(files)} files"]
     lines += [f"  {p.relative_to(target.folder)}  {p.stat().st_size:,} bytes" for p in files]
+    skipped = sorted(p.relative_to(target.folder).as_posix() for p in target.folder.iterdir() if p.name.startswith("."))
+    if skipped:
+        lines.append(f"  not sent (hidden): {', '.join(skipped)}")
     return lines
 
 
@@ -167,33 +206,61 @@ def usage_snippet(target: Target, sha: str) -> str:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """A folder that is not itself converted stands for the converted folders inside it."""
+    """A folder that is not itself converted stands for the converted folders inside it; hidden ones (a
+    converter's staging or an interrupted run's leftovers) are skipped with a note."""
     folders = []
     for path in paths:
         if (path / "config.json").is_file():
             folders.append(path)
         else:
-            inner = sorted(p for p in path.iterdir() if (p / "config.json").is_file()) if path.is_dir() else []
+            children = sorted(path.iterdir()) if path.is_dir() else []
+            for hidden in (p for p in children if p.name.startswith(".") and p.is_dir()):
+                print(f"note: skipping hidden folder {hidden} (staging or leftovers of an interrupted conversion)")
+            inner = [p for p in children if not p.name.startswith(".") and (p / "config.json").is_file()]
             if not inner:
                 raise PublishError(f"{path} is neither a converted folder nor a folder of them")
             folders += inner
     return folders
 
 
+def check_repo_id(repo_id: str, flag: str) -> str:
+    """ORG/NAME, validated by huggingface_hub's own rules, before anything runs."""
+    org, _, name = repo_id.partition("/")
+    try:
+        if not org or not name or "/" in name:
+            raise HFValidationError("it must have the form ORG/NAME")
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"{flag} {repo_id!r} is not a valid repo id: {str(error).splitlines()[0]}") from error
+    return repo_id
+
+
 def targets_for(folders: list[Path], repo_id: str | None, org: str | None) -> list[Target]:
     if repo_id is not None:
         if len(folders) != 1:
             raise PublishError(f"--repo-id names one repo but {len(folders)} folders were given; use --org ORG.")
-        return [Target(folders[0], repo_id)]
+        return [Target(folders[0], check_repo_id(repo_id, "--repo-id"))]
     names = [folder.name for folder in folders]
     bad = [name for name in names if not REPO_NAME.match(name)]
     if bad:
         raise PublishError(f"folder names not usable as repo names: {bad} (letters, digits, '.', '_', '-'; <= 96)")
-    return [Target(folder, f"{org}/{folder.name}") for folder in folders]
+    return [Target(folder, check_repo_id(f"{org}/{folder.name}", "--org")) for folder in folders]
+
+
+class RedactingParser(argparse.ArgumentParser):
+    """argparse echoes unrecognised arguments in its error; a token pasted on the command line must not be."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {redact(message)}\n")
+
+
+def redact(text: str) -> str:
+    return TOKEN_TEXT.sub("hf_***", text)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = RedactingParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo-id", help="ORG/NAME for a single folder")
@@ -202,16 +269,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", help="branch to commit to (created if missing)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument(
+        "--allow-extra-files", action="store_true", help="publish files a converted folder does not hold, too"
+    )
+    parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.token is not None:
+        parser.error(
+            "--token is not accepted (command lines show up in process lists and logs): set HF_TOKEN or run "
+            "`hf auth login`"
+        )
+    exit_on_termination()
     try:
         targets = targets_for(expand(args.folders), args.repo_id, args.org)
+        print(
+            "smoke test: each folder's code runs in a clean, offline process with no credentials in its environment "
+            "(validation executes the folder's Python files)"
+        )
         for target in targets:  # refuse everything before uploading anything
-            problems = validate(target.folder)
+            problems = validate(target.folder, args.allow_extra_files)
             if problems:
                 raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
             smoke_test(target.folder)
     except (PublishError, RuntimeError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
     if args.dry_run:
         for target in targets:
@@ -227,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     done, failed = [], None
     for target in tqdm(targets, desc="publishing", unit="repo"):
         try:
+            phase("upload")
             sha, changed = publish(api, target, args.private, args.revision, args.create_pr)
-        except HfHubHTTPError as error:
-            failed = (target, str(error).splitlines()[0])
+        except Exception as error:  # HTTP, connection and validation errors alike end in the table
+            failed = (target, redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
+            break
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: a commit is atomic on the Hub, so the repo is as it was
+            failed = (target, "interrupted before the commit completed; the repo is unchanged")
             break
         done.append((target, sha, changed))
         state = "published" if changed else "unchanged (already on the Hub): nothing published"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from conversion.convert_timm import DTYPES, convert
+from conversion.convert_timm import DTYPES, checkpoint_identity, convert
 from conversion.parity_record import read_parity_record, stale_parity_problems
 
 
@@ -51,9 +51,9 @@ def read_manifest(path: Path) -> list[Entry]:
     return entries
 
 
-def finished(folder: Path, name: str) -> dict | None:
-    """The parity record if ``folder`` already holds a verified conversion of ``name`` whose weights are still the
-    verified ones."""
+def finished(folder: Path, name: str, checkpoint: Path | None) -> dict | None:
+    """The parity record if ``folder`` already holds a verified conversion of ``name`` from ``checkpoint`` whose
+    weights are still the verified ones."""
     try:
         config = json.loads((folder / "config.json").read_text())
         record = read_parity_record(folder)
@@ -63,7 +63,8 @@ def finished(folder: Path, name: str) -> dict | None:
         return None
     tag = config.get("timm_pretrained_tag")
     converted = config.get("timm_model_name", "") + (f".{tag}" if tag else "")
-    return record if converted == name else None
+    same_source = record.get("checkpoint") == checkpoint_identity(checkpoint)
+    return record if converted == name and same_source else None
 
 
 def _parity(max_abs_diff: dict[str, float], scope: str) -> str:
@@ -75,15 +76,21 @@ def run(entries: list[Entry], output_root: Path, dtype: str, overwrite: bool) ->
     outcomes = []
     for entry in tqdm(entries, desc="converting", unit="model"):
         folder = output_root / entry.name
-        done = None if overwrite else finished(folder, entry.name)
+        done = None if overwrite else finished(folder, entry.name, entry.checkpoint)
         if done is not None:
             outcomes.append(
                 Outcome(entry.name, "skipped (done)", parity=_parity(done["max_abs_diff"], done["verified_blocks"]))
             )
             continue
+        if (folder.exists() or folder.is_symlink()) and not overwrite:
+            status = (
+                f"refused: {folder} exists and is not a verified conversion of this entry (--overwrite replaces it)"
+            )
+            outcomes.append(Outcome(entry.name, status))
+            continue
         start = time.perf_counter()
         try:
-            result = convert(entry.name, folder, checkpoint=entry.checkpoint, dtype=dtype, overwrite=True)
+            result = convert(entry.name, folder, checkpoint=entry.checkpoint, dtype=dtype, overwrite=overwrite)
         except Exception as error:  # one model's failure must not stop the batch
             message = str(error).splitlines()[0][:100]
             outcomes.append(Outcome(entry.name, f"failed: {message}", seconds=time.perf_counter() - start))
@@ -114,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--output-root", required=True, type=Path)
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--overwrite", action="store_true", help="convert again even if a folder is done")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing folders (by default finished ones are skipped and any other existing folder is refused)",
+    )
     args = parser.parse_args(argv)
     try:
         entries = read_manifest(args.manifest)
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     outcomes = run(entries, args.output_root, args.dtype, args.overwrite)
     print(table(outcomes))
-    failed = sum(o.status.startswith("failed") for o in outcomes)
+    failed = sum(o.status.startswith(("failed", "refused")) for o in outcomes)
     print(f"{len(outcomes) - failed}/{len(outcomes)} done, {failed} failed")
     return 1 if failed else 0
 

@@ -6,17 +6,60 @@ each tensor is read (safetensors, or a memory-mapped torch pickle), cast, writte
 
 from __future__ import annotations
 
+import argparse
 import json
+import pickle
+import re
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers.utils.hub import convert_file_size_to_int
 
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 WEIGHTS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+# The one non-tensor type timm's CheckpointSaver pickles (train.py's parsed arguments); nothing else is unpickled.
+TIMM_TRAINING_GLOBALS = [argparse.Namespace]
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(text: str | int, flag: str = "--max-shard-size") -> int:
+    """'2GB', '500MB', '1.5GiB' or a byte count -> bytes (decimal units as transformers reads them)."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{flag} {text!r} is not a size; use a positive number with a unit, e.g. 2GB or 500MB.")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+def sniff_format(path: Path) -> str:
+    """What a checkpoint file is, by its content (the extension is only a hint): safetensors, torch or index."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 2**30:
+        return "safetensors"  # a JSON header of plausible length follows (a truncated file is reported as such)
+    if head[:1] == b"{" and path.name.endswith(".json"):
+        return "index"
+    raise ValueError(
+        f"{path} is not a checkpoint: neither safetensors nor a torch file (.pth/.bin/.pt), nor a sharded "
+        "safetensors index. Pass the weights file itself."
+    )
 
 
 class TensorSource:
@@ -76,6 +119,13 @@ def _open_sharded(index_path: Path) -> TensorSource:
         raise ValueError(f"{index_path} is not a safetensors index (no weight_map): {error}") from error
     shards = {name: _open_safetensors(index_path.parent / name) for name in sorted(set(weight_map.values()))}
     by_key = {key.removeprefix("module."): shards[name] for key, name in weight_map.items()}
+    lacking = [(key, shard) for key, shard in weight_map.items() if key.removeprefix("module.") not in shards[shard]]
+    if lacking:
+        key, shard = lacking[0]
+        raise ValueError(
+            f"{index_path} maps {key} to {shard}, which does not hold it ({len(lacking)} such keys); the index and "
+            "its shards do not belong together."
+        )
     shapes = {key: source.shapes[key] for key, source in by_key.items()}
     return TensorSource(shapes, lambda key: by_key[key].get(key), str(index_path))
 
@@ -86,20 +136,38 @@ def open_checkpoint(path: Path) -> TensorSource:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist or is not a file.")
-    if path.suffix == ".safetensors":
+    kind = sniff_format(path)
+    if kind == "safetensors":
         return _open_safetensors(path)
-    if path.name.endswith(".index.json"):
+    if kind == "index":
         return _open_sharded(path)
-    try:  # memory-mapped: tensors stay on disk until read (zip-format pickles, torch >= 2.1)
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        try:  # legacy (non-zip) pickles cannot be mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(TIMM_TRAINING_GLOBALS):
+        try:  # memory-mapped: tensors stay on disk until read (zip-format pickles, torch >= 2.1)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(_unsafe_pickle_message(path, error)) from error
+        except RuntimeError:
+            try:  # legacy (non-zip) pickles cannot be mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as error:
+                raise ValueError(_unsafe_pickle_message(path, error)) from error
+            except Exception as error:
+                raise ValueError(
+                    f"{path} is not a readable torch checkpoint ({error}); it may be truncated."
+                ) from error
         except Exception as error:
             raise ValueError(f"{path} is not a readable torch checkpoint ({error}); it may be truncated.") from error
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable torch checkpoint ({error}); it may be truncated.") from error
     return TensorSource.from_state_dict(_unwrap(obj, path), str(path))
+
+
+def _unsafe_pickle_message(path: Path, error: Exception) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"{path} holds Python objects{what} beyond tensors and timm's training arguments; loading them could run "
+        "arbitrary code, so it is refused. Save the weights alone, e.g. torch.save(model.state_dict(), path) or "
+        "safetensors, and convert that."
+    )
 
 
 def write_shards(folder: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_size: str | int) -> list[str]:
@@ -108,7 +176,7 @@ def write_shards(folder: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_
     One shard is in memory at a time. A single shard is ``model.safetensors``; several get transformers'
     names and an index with the weight map. Returns the file names written.
     """
-    limit = convert_file_size_to_int(max_shard_size)
+    limit = parse_size(max_shard_size)
     shards, current, current_size, total = [], {}, 0, 0
     weight_map: dict[str, int] = {}
 

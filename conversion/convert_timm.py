@@ -15,20 +15,22 @@ import difflib
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from timm.data import DEFAULT_CROP_PCT, ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
 from transformers.dynamic_module_utils import custom_object_save
 
-from conversion.checkpoints import TensorSource, open_checkpoint, write_shards
+from conversion.checkpoints import TensorSource, open_checkpoint, parse_size, write_shards
+from conversion.common import UnsupportedArchitecture
 from conversion.families import Family, family_for
 from conversion.model_card import write_model_card
 from conversion.parity_record import write_parity_record
+from conversion.staging import clean_stale, exit_on_termination, make_staging, move_into_place, phase
 from conversion.verify import run_folder
 from vitzoo_hf import VitzooImageProcessor
 
@@ -88,13 +90,34 @@ def check_source_fits(source: TensorSource, skeleton: torch.nn.Module, model_nam
         )
 
 
-def id2label_for(model: torch.nn.Module, num_classes: int, labels: Path | None) -> dict[int, str] | None:
-    """Real class names: a user's labels file (one per line) or timm's ImageNet label sets."""
+def read_labels(path: Path) -> list[str]:
+    """One class name per line (UTF-8, a BOM allowed, blank lines skipped); duplicates are refused."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConversionError(f"{path}:{line} is not UTF-8 text; save the labels file as UTF-8.") from error
+    names, seen = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise ConversionError(
+                f"{path}:{number} repeats the label {name!r} of line {seen[name]}; labels must differ."
+            )
+        seen[name] = number
+        names.append(name)
+    return names
+
+
+def id2label_for(model: torch.nn.Module, num_classes: int, labels: list[str] | None) -> dict[int, str] | None:
+    """Real class names: a user's labels (read from a file, one per line) or timm's ImageNet label sets."""
     if labels is not None:
-        names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
-        if len(names) != num_classes:
-            raise ConversionError(f"{labels} has {len(names)} labels but the head has {num_classes} classes.")
-        return dict(enumerate(names))
+        if len(labels) != num_classes:
+            raise ConversionError(f"The labels file has {len(labels)} labels but the head has {num_classes} classes.")
+        return dict(enumerate(labels))
     subset = infer_imagenet_subset(model)
     if subset is None or not num_classes:
         return None
@@ -184,7 +207,7 @@ def verify(
         # whole patches (a native size such as 384 at patch 14 leaves a remainder that only it may have)
         "interpolated": torch.randn(2, 3, (height // ph + 2) * ph, (width // pw - 1) * pw, generator=generator),
     }
-    ours = run_folder(folder, inputs, with_head, overrides)
+    ours = run_folder(folder, inputs, with_head, overrides, scratch=folder)  # scratch goes with the staging
     expected = {}
     strict = reference.patch_embed.strict_img_size
     with torch.no_grad():
@@ -209,6 +232,46 @@ def verify(
     return parity
 
 
+def _finite(key: str, source: TensorSource) -> torch.Tensor:
+    """A tensor read for writing; NaN or Inf would make every output of the folder meaningless."""
+    tensor = source.get(key)
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ConversionError(f"{source.origin}: tensor {key} holds {bad} NaN/Inf values; the checkpoint is broken.")
+    return tensor
+
+
+def checkpoint_identity(checkpoint: Path | None) -> dict | None:
+    """What the weights came from (path, size, modification time), so a batch re-run can tell a finished
+    conversion of the same checkpoint from one of another; None for timm's pretrained source."""
+    if checkpoint is None:
+        return None
+    stat = Path(checkpoint).resolve().stat()
+    return {"path": str(Path(checkpoint).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def check_destination(output_dir: Path, overwrite: bool) -> None:
+    """Before any work: the destination must be a folder we may create or (with overwrite) replace."""
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise ConversionError(f"{output_dir} is a dangling symbolic link; remove it or choose another --output-dir.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"{output_dir} is a file, not a folder; choose another --output-dir.")
+    if output_dir.exists() and not overwrite:
+        raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
+
+
+def family_of(model_name: str, kwargs: dict) -> Family:
+    """The family of a timm name, from its class built bare on the meta device, before any weight is read."""
+    with torch.device("meta"):
+        bare = timm.create_model(
+            model_name, pretrained=False, **{k: v for k, v in kwargs.items() if k != "dynamic_img_size"}
+        )
+    try:
+        return family_for(bare)
+    except UnsupportedArchitecture as error:
+        raise ConversionError(str(error)) from error
+
+
 def _write_folder(
     staging: Path,
     family: Family,
@@ -229,7 +292,7 @@ def _write_folder(
     if produced != target:
         missing, extra = sorted(set(target) - set(produced)), sorted(set(produced) - set(target))
         raise ConversionError(f"Key mapping bug: missing {missing[:10]}, extra {extra[:10]} (shapes may differ too).")
-    write_shards(staging, ((v, source.get(k).to(dtype)) for k, v in names.items()), max_shard_size)
+    write_shards(staging, ((v, _finite(k, source).to(dtype)) for k, v in names.items()), max_shard_size)
     config.architectures = [model_class.__name__]
     config.dtype = dtype
     config.save_pretrained(staging)
@@ -252,12 +315,16 @@ def convert(
     decides whether the whole model can be verified or only its first blocks; ``model_kwargs`` are extra timm
     constructor arguments for the architecture (e.g. a reduced depth for a checkpoint trained that way)."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
+    for line in clean_stale(output_dir):
+        print(line)
+    check_destination(output_dir, overwrite)
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
+    parse_size(max_shard_size)
+    label_names = read_labels(Path(labels)) if labels is not None else None
     architecture, tag = resolve_model_name(model_name)
     kwargs = {**timm_kwargs(model_name), **(model_kwargs or {})}
+    family_of(model_name, model_kwargs or {})
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
@@ -269,7 +336,7 @@ def convert(
     check_source_fits(source, skeleton, model_name)
     family = family_for(skeleton)
     config = family.mapping.config_from_timm(skeleton)
-    id2label = id2label_for(skeleton, num_classes, labels)
+    id2label = id2label_for(skeleton, num_classes, label_names)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
@@ -286,15 +353,17 @@ def convert(
 
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        staging = make_staging(output_dir)
     except OSError as error:
         raise ConversionError(
             f"Cannot write to {output_dir.parent} ({error.strerror}); choose an --output-dir you can write to."
         ) from error
     try:
         print(f"writing {model_name} ({num_parameters:,} parameters) to {output_dir}", flush=True)
+        phase("write")
         _write_folder(staging, family, config, source, skeleton, DTYPES[dtype], max_shard_size)
         print("verifying in a clean process", flush=True)
+        phase("verify")
         reference = _reference(model_name, source, skeleton, DTYPES[dtype], blocks, kwargs)
         overrides = None
         if blocks is not None:
@@ -310,14 +379,22 @@ def convert(
                 "tolerance": TOLERANCE,
                 "reference": f"timm {timm.__version__}",
                 "timm_model": model_name,
+                "checkpoint": checkpoint_identity(checkpoint),
                 "verified_blocks": "all" if blocks is None else f"first {blocks} of {len(skeleton.blocks)}",
             },
         )
         saved = json.loads((staging / "config.json").read_text())
         write_model_card(staging, saved, record, skeleton.pretrained_cfg, num_parameters, checkpoint)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
+        move_into_place(staging, output_dir, overwrite)
+    except FileExistsError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError(str(error)) from error
+    except (OSError, SafetensorError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConversionError(
+            f"Writing {output_dir} failed ({error}); nothing was left behind. Free space, or choose another "
+            "--output-dir."
+        ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -334,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-size", default="2GB")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    exit_on_termination()
     try:
         result = convert(
             args.model_name,
@@ -347,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        print(f"error: interrupted ({interrupt or 'Ctrl-C'}); nothing was left behind", file=sys.stderr)
+        return 130
     worst = max(result.parity.values())
     scope = "whole model" if result.verified_blocks is None else f"first {result.verified_blocks} blocks"
     print(f"converted {args.model_name} -> {result.output_dir} ({result.num_parameters:,} parameters)")

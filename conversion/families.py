@@ -37,4 +37,5 @@ def family_for(model: nn.Module) -> Family:
         if name in family.mapping.TIMM_CLASSES:
             return family
     supported = ", ".join(c for f in FAMILIES for c in f.mapping.TIMM_CLASSES)
-    raise UnsupportedArchitecture(f"timm class {name} has no vitzoo family yet (supported: {supported}).")
+    module = type(model).__module__
+    raise UnsupportedArchitecture(f"timm class {name} ({module}) is not supported yet; supported: {supported}.")

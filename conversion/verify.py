@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,18 +66,51 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH|SESSION", re.IGNORECASE)
+SECRET_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "GCLOUD_", "GH_", "GITHUB_", "GIT_", "SSH_", "NETRC")
+
+
+def untrusted_env(home: Path) -> dict[str, str]:
+    """Environment for running a folder's own Python code (verification, the publisher's smoke test): offline,
+    with no credential variable and a fresh HOME/HF_HOME, so no token file or git/cloud credential is reachable."""
+    env = {
+        key: value
+        for key, value in clean_env().items()
+        if not SECRET_NAME.search(key) and not key.upper().startswith(SECRET_PREFIXES)
+    }
+    env.update(HOME=str(home), HF_HOME=str(home / "hf"), HF_MODULES_CACHE=str(home / "modules"))
+    env.pop("HF_TOKEN_PATH", None)
+    return env
+
+
+def _die_with_parent() -> None:
+    """Linux: the child is killed when its parent dies, so a killed converter leaves no orphan writing into a
+    staging folder that the next run removes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_folder(
-    folder: Path, inputs: dict[str, torch.Tensor], with_head: bool, overrides: dict | None = None
+    folder: Path,
+    inputs: dict[str, torch.Tensor],
+    with_head: bool,
+    overrides: dict | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo. This runs
+    the folder's Python files: the child gets no credentials (see ``untrusted_env``). ``scratch`` is where its
+    temporary files go (a converter passes its staging folder, so an interrupted run leaves nothing elsewhere)."""
+    with tempfile.TemporaryDirectory(prefix=".vitzoo-verify-", dir=scratch and scratch.resolve()) as tmp:
         inputs_path, outputs_path = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_path))
-        env = clean_env()
-        env["HF_MODULES_CACHE"] = str(Path(tmp) / "modules")
+        env = untrusted_env(Path(tmp))
         args = [sys.executable, "-c", CHILD, str(folder.resolve()), str(inputs_path), str(outputs_path)]
         args += ["1" if with_head else "0", json.dumps(overrides or {})]
-        result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True)
+        result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")
         return load_file(str(outputs_path))

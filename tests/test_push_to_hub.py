@@ -59,8 +59,11 @@ def hub(tmp_path: Path):
 
 
 def push(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """One publisher run; whatever happens, its output never shows the token."""
     command = [sys.executable, str(ROOT / "push_to_hub.py"), *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert TOKEN not in result.stdout + result.stderr
+    return result
 
 
 def posts(state: hub_server.HubState) -> list[str]:
@@ -190,5 +193,7 @@ def test_many_folders_under_an_org_stop_cleanly_on_failure(folder: Path, hub, tm
 def test_token_is_not_accepted_on_the_command_line(folder: Path, hub) -> None:
     _, env = hub
     run = push(env, str(folder), "--repo-id", "vitzoo/x", "--token", TOKEN)
-    assert run.returncode == 2 and "unrecognized arguments" in run.stderr
+    assert run.returncode == 2 and "--token is not accepted" in run.stderr and "HF_TOKEN" in run.stderr
+    stray = push(env, str(folder), "--repo-id", "vitzoo/x", "--tokn", TOKEN)  # argparse echoes unknown arguments
+    assert stray.returncode == 2 and "unrecognized arguments: --tokn hf_***" in stray.stderr
     assert os.environ.get("HF_TOKEN") != TOKEN

@@ -34,6 +34,18 @@ def build_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
     """Fail early with a readable message instead of a shape error deep inside a convolution."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"pixel_values must be a torch.Tensor, got {type(pixel_values).__module__}.{type(pixel_values).__name__}. "
+            "Run the images through the model's image processor: AutoImageProcessor.from_pretrained(path, "
+            "trust_remote_code=True)(images, return_tensors='pt')."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values has dtype {pixel_values.dtype}: raw image values? The model expects normalised floats; "
+            "run the images through the model's image processor (AutoImageProcessor.from_pretrained(path, "
+            "trust_remote_code=True)), which scales and normalises them."
+        )
     if pixel_values.ndim != 4:
         raise ValueError(
             f"pixel_values must be a 4D tensor (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."

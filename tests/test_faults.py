@@ -1,0 +1,419 @@
+"""Faults and hostile input: nothing lost, nothing leaked, nothing half-written.
+
+The converter and the publisher run as real processes and are hit where it hurts: SIGTERM and SIGKILL in each
+phase (write, verify, rename, upload; ``VITZOO_PAUSE_AT`` holds the process in the phase so the signal lands
+there), a full disk (a 1 MB tmpfs when the tests run as root), a failing server, and inputs that must be
+refused early with a message that names the thing and the fix. After each fault: the previous good state is
+intact, nothing half-written is visible, and the next run succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.utils import CheckpointSaver
+
+import push_to_hub
+from conversion import batch
+from conversion.convert_timm import ConversionError, convert
+from conversion.verify import untrusted_env
+from tests.helpers import perturb
+from tests.test_push_to_hub import TOKEN, folder, hub, posts, push  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "test_vit.r160_in1k"
+
+
+def checkpoint(tmp_path: Path, **kwargs) -> Path:
+    path = tmp_path / "test_vit.safetensors"
+    save_file(perturb(timm.create_model("test_vit", **kwargs)).state_dict(), path)
+    return path
+
+
+def hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def start_convert(source: Path, out: Path, pause: str | None, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "VITZOO_PAUSE_AT": pause or ""}
+    command = [sys.executable, "-m", "conversion.convert_timm", NAME, "--checkpoint", str(source)]
+    command += ["--output-dir", str(out), *extra]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if text in line:
+            return
+        assert time.monotonic() < deadline, f"no {text!r} in time"
+    raise AssertionError(f"process ended before {text!r}: {process.stderr.read()[-2000:]}")
+
+
+def folder_digest(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A converted folder (the previous good state) and the checkpoint it came from."""
+    source = checkpoint(tmp_path)
+    out = tmp_path / "out" / "model"
+    convert(NAME, out, checkpoint=source)
+    return source, out, folder_digest(out)
+
+
+# ---- signals ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["write", "verify"])
+def test_sigterm_cleans_up_and_keeps_the_previous_folder(good, phase: str) -> None:
+    source, out, before = good
+    process = start_convert(source, out, phase, "--overwrite")
+    wait_for(process, f"paused at {phase}")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert hidden(out.parent) == []  # no staging, no verification scratch
+    assert folder_digest(out) == before
+
+
+@pytest.mark.parametrize("phase", ["write", "verify", "rename"])
+def test_sigkill_leaves_the_good_state_and_the_next_run_cleans_up(good, phase: str) -> None:
+    source, out, before = good
+    process = start_convert(source, out, phase, "--overwrite")
+    wait_for(process, f"paused at {phase}")
+    process.kill()
+    process.communicate(timeout=60)
+    leftovers = hidden(out.parent)
+    assert leftovers, "a killed run leaves its staging behind (nothing can run on SIGKILL)"
+    if phase == "rename":  # between moving the old folder aside and the new one in: the old one is whole, aside
+        (aside,) = [name for name in leftovers if ".vitzoo-old-" in name]
+        assert folder_digest(out.parent / aside) == before and not out.exists()
+    else:
+        assert folder_digest(out) == before
+    if out.exists():  # publishing the parent meanwhile skips the leftovers with a note, not refusing the root
+        assert [p.name for p in push_to_hub.expand([out.parent])] == ["model"]
+    # A later run without --overwrite restores or keeps the good folder and refuses to replace it ...
+    with pytest.raises(ConversionError, match="already exists; pass --overwrite"):
+        convert(NAME, out, checkpoint=source)
+    assert folder_digest(out) == before and hidden(out.parent) == []
+    # ... and one with --overwrite succeeds.
+    convert(NAME, out, checkpoint=source, overwrite=True)
+    assert hidden(out.parent) == [] and (out / "vitzoo_parity.json").is_file()
+
+
+def test_a_folder_created_while_converting_is_not_replaced(tmp_path: Path, monkeypatch) -> None:
+    """Someone else's folder that appears at the destination during the run is left alone (no --overwrite)."""
+    import conversion.staging
+
+    source, out = checkpoint(tmp_path), tmp_path / "model"
+    original = conversion.staging.phase
+
+    def someone_else_writes(name: str) -> None:
+        if name == "verify":
+            out.mkdir()
+            (out / "mine.txt").write_text("someone else's work")
+        original(name)
+
+    monkeypatch.setattr("conversion.convert_timm.phase", someone_else_writes)
+    with pytest.raises(ConversionError, match="appeared while converting; it was left as it is"):
+        convert(NAME, out, checkpoint=source)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and hidden(tmp_path) == []
+
+
+def test_publisher_killed_during_upload_leaves_the_repo_as_it_was(folder, hub) -> None:  # noqa: F811
+    state, env = hub
+    assert push(env, str(folder), "--repo-id", "vitzoo/tiny").returncode == 0
+    before = dict(state.repos["vitzoo/tiny"].refs)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "push_to_hub.py"), str(folder), "--repo-id", "vitzoo/tiny"],
+        cwd=ROOT, env={**env, "VITZOO_PAUSE_AT": "upload"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(process, "paused at upload")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "interrupted before the commit completed" in stdout + stderr
+    assert TOKEN not in stdout + stderr
+    assert state.repos["vitzoo/tiny"].refs == before
+    again = push(env, str(folder), "--repo-id", "vitzoo/tiny")
+    assert again.returncode == 0 and "unchanged" in again.stdout
+
+
+def test_unreachable_server_ends_in_the_summary_table(folder, hub) -> None:  # noqa: F811
+    _, env = hub
+    run = push({**env, "HF_ENDPOINT": "http://127.0.0.1:9"}, str(folder), "--repo-id", "vitzoo/tiny")
+    assert run.returncode == 1 and "| vitzoo/tiny | - | failed: " in run.stdout and "Traceback" not in run.stderr
+
+
+# ---- a full disk --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the tests run as an ordinary user here")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode:
+        pytest.skip(f"this machine refuses to mount a tmpfs: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
+    source = checkpoint(tmp_path)  # 1.7 MB of weights, on a 1 MB disk
+    command = [sys.executable, "-m", "conversion.convert_timm", NAME, "--checkpoint", str(source)]
+    result = subprocess.run(
+        [*command, "--output-dir", str(small_disk / "model")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "No space left on device" in result.stderr and "nothing was left behind" in result.stderr
+    assert list(small_disk.iterdir()) == []
+
+
+# ---- inputs that must be refused (or accepted) early ---------------------------------------------------------
+
+
+def test_batch_never_deletes_what_is_not_its_own(tmp_path: Path) -> None:
+    source, other = checkpoint(tmp_path), tmp_path / "other.safetensors"
+    save_file(perturb(timm.create_model("test_vit"), seed=1).state_dict(), other)
+    root = tmp_path / "root"
+    (root / NAME).mkdir(parents=True)
+    (root / NAME / "notes.txt").write_text("a user's file")
+    entries = [batch.Entry(NAME, source)]
+    (outcome,) = batch.run(entries, root, "fp32", overwrite=False)
+    assert outcome.status.startswith("refused: ") and "--overwrite" in outcome.status
+    assert (root / NAME / "notes.txt").read_text() == "a user's file"
+    shutil.rmtree(root / NAME)
+    assert batch.run(entries, root, "fp32", overwrite=False)[0].status == "converted"
+    assert batch.run(entries, root, "fp32", overwrite=False)[0].status == "skipped (done)"
+    other_checkpoint = batch.run([batch.Entry(NAME, other)], root, "fp32", overwrite=False)[0]
+    assert other_checkpoint.status.startswith("refused: ")  # same tag, other weights: not "done"
+    assert batch.run([batch.Entry(NAME, other)], root, "fp32", overwrite=True)[0].status == "converted"
+
+
+def test_timm_training_checkpoint_converts(tmp_path: Path) -> None:
+    """A checkpoint written by timm's own CheckpointSaver (train.py's): it carries args, an argparse.Namespace."""
+    model = perturb(timm.create_model("test_vit"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = argparse.Namespace(model="test_vit", lr=0.1, epochs=3, img_size=None, mean=(0.5,), opt="sgd")
+    saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path))
+    saver.save_checkpoint(epoch=0, metric=0.5)
+    saved = tmp_path / "checkpoint-0.pth.tar"
+    assert isinstance(torch.load(saved, weights_only=False)["args"], argparse.Namespace)
+    result = convert(NAME, tmp_path / "out", checkpoint=saved)
+    assert max(result.parity.values()) <= 1e-4
+    torch.testing.assert_close(
+        load_file(result.output_dir / "model.safetensors")["vit.embeddings.pos_embed"], model.pos_embed.detach()
+    )
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (
+            lambda tmp: {"model_name": "convnext_tiny"},
+            "timm class ConvNeXt (timm.models.convnext) is not supported yet",
+        ),
+        (lambda tmp: {"max_shard_size": "2XB"}, "--max-shard-size '2XB' is not a size"),
+        (lambda tmp: {"output_dir": _file(tmp)}, "is a file, not a folder"),
+        (lambda tmp: {"output_dir": _dangling(tmp)}, "is a dangling symbolic link"),
+        (lambda tmp: {"checkpoint": _text(tmp)}, "is not a checkpoint: neither safetensors nor a torch file"),
+        (lambda tmp: {"checkpoint": _nan(tmp)}, "tensor blocks.0.mlp.fc1.weight holds 3 NaN/Inf values"),
+        (lambda tmp: {"checkpoint": _pickle(tmp)}, "holds Python objects (print) beyond tensors"),
+        (lambda tmp: {"checkpoint": _bad_index(tmp)}, "which does not hold it"),
+        (lambda tmp: {"labels": _labels(tmp, b"cat\ndog\ncat\n")}, "labels.txt:3 repeats the label 'cat' of line 1"),
+        (lambda tmp: {"labels": _labels(tmp, b"cat\n\xff\xfe\n")}, "labels.txt:2 is not UTF-8 text"),
+    ],
+    ids=["family", "shard_size", "file", "dangling", "text", "nan", "pickle", "index", "duplicate", "utf8"],
+)
+def test_bad_input_is_refused_naming_the_thing_and_the_fix(tmp_path: Path, prepare, message: str) -> None:
+    kwargs = {"model_name": NAME, "output_dir": tmp_path / "out", "checkpoint": checkpoint(tmp_path)}
+    kwargs.update(prepare(tmp_path))
+    with pytest.raises((ConversionError, ValueError)) as error:
+        convert(**kwargs)
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists() and hidden(tmp_path) == []
+
+
+def _file(tmp: Path) -> Path:
+    (tmp / "a_file").write_text("x")
+    return tmp / "a_file"
+
+
+def _dangling(tmp: Path) -> Path:
+    (tmp / "link").symlink_to(tmp / "nowhere")
+    return tmp / "link"
+
+
+def _text(tmp: Path) -> Path:
+    (tmp / "weights.pth").write_text("these are not weights\n")
+    return tmp / "weights.pth"
+
+
+def _nan(tmp: Path) -> Path:
+    state = perturb(timm.create_model("test_vit")).state_dict()
+    state["blocks.0.mlp.fc1.weight"][0, :3] = float("nan")
+    save_file(state, tmp / "nan.safetensors")
+    return tmp / "nan.safetensors"
+
+
+def _pickle(tmp: Path) -> Path:
+    state = perturb(timm.create_model("test_vit")).state_dict()
+    torch.save({"state_dict": state, "extra": Payload()}, tmp / "evil.pth")
+    return tmp / "evil.pth"
+
+
+def _bad_index(tmp: Path) -> Path:
+    state = perturb(timm.create_model("test_vit")).state_dict()
+    save_file(state, tmp / "shard.safetensors")
+    weight_map = {key: "shard.safetensors" for key in state} | {"extra.weight": "shard.safetensors"}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return tmp / "model.safetensors.index.json"
+
+
+def _labels(tmp: Path, data: bytes) -> Path:
+    (tmp / "labels.txt").write_bytes(data)
+    return tmp / "labels.txt"
+
+
+def test_content_not_extension_decides_the_format_and_labels_may_have_a_bom(tmp_path: Path) -> None:
+    source = checkpoint(tmp_path, num_classes=2)
+    renamed = tmp_path / "weights.ckpt"
+    source.rename(renamed)
+    labels = _labels(tmp_path, "\ufeffcat\ndog\n".encode())
+    result = convert(NAME, tmp_path / "out", checkpoint=renamed, labels=labels)
+    config = json.loads((result.output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"}
+    assert oct(result.output_dir.stat().st_mode & 0o777) == "0o755"
+    assert {oct(p.stat().st_mode & 0o777) for p in result.output_dir.iterdir()} == {"0o644"}
+
+
+def test_raw_images_get_a_message_that_says_to_use_the_processor(tmp_path: Path) -> None:
+    from vitzoo_hf import VitzooViTConfig, VitzooViTModel
+
+    model = VitzooViTModel(VitzooViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    with pytest.raises(TypeError, match=r"dtype torch\.uint8: raw image values\?.*image processor"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor, got numpy\.ndarray.*AutoImageProcessor"):
+        model(np.zeros((1, 3, 32, 32), dtype=np.float32))
+
+
+# ---- secrets and what the publisher runs and sends -----------------------------------------------------------
+
+
+def test_folder_code_runs_without_credentials(tmp_path: Path, monkeypatch) -> None:
+    secrets = {"HF_TOKEN": TOKEN, "HUGGING_FACE_HUB_TOKEN": TOKEN, "AWS_SECRET_ACCESS_KEY": "x", "GITHUB_TOKEN": "y"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    home = Path.home() / ".cache" / "huggingface"
+    child = (
+        "import os, json\nfrom huggingface_hub import get_token\n"
+        "print(json.dumps({'env': dict(os.environ), 'token': get_token()}))"
+    )
+    result = subprocess.run([sys.executable, "-c", child], env=untrusted_env(tmp_path), capture_output=True, text=True)
+    seen = json.loads(result.stdout)
+    assert not set(secrets) & set(seen["env"]) and seen["token"] is None
+    assert seen["env"]["HOME"] == str(tmp_path) and str(home) not in seen["env"]["HF_HOME"]
+    assert seen["env"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_dry_run_smoke_test_cannot_read_the_token(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    """A folder whose code tries to read the token through huggingface_hub (a guarded import, which the import
+    rules allow): the smoke test runs it with no credentials reachable."""
+    _, env = hub
+    copy = tmp_path / "nosy"
+    shutil.copytree(folder, copy)
+    layers = copy / "layers.py"
+    layers.write_text(
+        layers.read_text()
+        + "\ntry:\n    from huggingface_hub import get_token\nexcept ImportError:\n    get_token = None\n"
+        + "raise RuntimeError(f'TOKEN SEEN: {get_token()}')\n"  # the error text reaches the publisher's output
+    )
+    run = push(env, str(copy), "--repo-id", "vitzoo/nosy", "--dry-run")
+    assert "smoke test: each folder's code runs in a clean, offline process with no credentials" in run.stdout
+    assert run.returncode == 1 and "TOKEN SEEN: None" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("try:\n    import subprocess\nexcept ImportError:\n    pass\n", "imports subprocess: process, network"),
+        ("import socket\n", "imports socket: process, network"),
+        ("from ctypes import CDLL\n", "imports from ctypes: process, network"),
+        ("import os\n", "imports os: process, network"),
+        ("x = eval('1')\n", "calls eval(): dynamic code"),
+        ("def f(:\n", "is not valid Python"),
+    ],
+    ids=["subprocess", "socket", "ctypes", "os", "eval", "syntax"],
+)
+def test_code_that_could_escape_is_refused_before_it_runs(folder, hub, tmp_path: Path, code, message) -> None:  # noqa: F811
+    state, env = hub
+    copy = tmp_path / "escape"
+    shutil.copytree(folder, copy)
+    (copy / "heads.py").write_text(code + (copy / "heads.py").read_text())
+    run = push(env, str(copy), "--repo-id", "vitzoo/escape", "--dry-run")
+    assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+    assert posts(state) == []
+
+
+@pytest.mark.parametrize("repo_id", ["bad name/x", "a/b/c", "org/", "../../etc", "noslash"])
+def test_repo_ids_are_validated_before_anything_runs(folder, hub, repo_id: str) -> None:  # noqa: F811
+    _, env = hub
+    run = push(env, str(folder), "--repo-id", repo_id, "--dry-run")
+    assert run.returncode == 1 and f"--repo-id {repo_id!r} is not a valid repo id" in run.stderr
+    assert "smoke test" not in run.stdout
+
+
+def test_the_plan_is_exactly_what_is_sent(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    state, env = hub
+    copy = tmp_path / "extra"
+    shutil.copytree(folder, copy)
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "x").write_text("cache")
+    (copy / "notes.txt").write_text("stray")
+    refused = push(env, str(copy), "--repo-id", "vitzoo/extra", "--dry-run")
+    assert refused.returncode == 1 and "files that are not part of a converted folder: ['notes.txt']" in refused.stderr
+    (copy / "secret").symlink_to(tmp_path / "token-file")
+    (tmp_path / "token-file").write_text(TOKEN)
+    linked = push(env, str(copy), "--repo-id", "vitzoo/extra", "--dry-run", "--allow-extra-files")
+    assert linked.returncode == 1 and "secret is a symbolic link" in linked.stderr
+    (copy / "secret").unlink()
+    plan = push(env, str(copy), "--repo-id", "vitzoo/extra", "--dry-run", "--allow-extra-files")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    planned = {line.split()[0] for line in plan.stdout.splitlines() if line.startswith("  ") and "bytes" in line}
+    assert "not sent (hidden): .cache" in plan.stdout
+    sent = push(env, str(copy), "--repo-id", "vitzoo/extra", "--allow-extra-files")
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    repo = state.repos["vitzoo/extra"]
+    assert set(repo.commits[repo.refs["main"]]) - {".gitattributes"} == planned
+
+
+def test_relative_output_dir_from_another_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """The verification scratch lives in the staging folder; a relative destination must still resolve."""
+    source = checkpoint(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = convert(NAME, Path("rel") / "model", checkpoint=source)
+    assert (tmp_path / "rel" / "model" / "vitzoo_parity.json").is_file() and hidden(tmp_path / "rel") == []
+    assert result.output_dir == Path("rel") / "model"
