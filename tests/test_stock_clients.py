@@ -83,7 +83,7 @@ def run_clean(code: str, *args: str, cwd: Path, extra_env: dict | None = None) -
 
 
 RECIPE = r"""
-import json, tempfile
+import json
 import numpy as np, torch
 from PIL import Image
 from transformers import AutoModel, AutoModelForImageClassification, pipeline
@@ -114,7 +114,7 @@ out["logits_shape"] = list(result.logits.shape)
 out["loss_finite"] = bool(torch.isfinite(result.loss))
 out["head_grad"] = float(model.head.layers.weight.grad.abs().sum())
 out["head_type"] = model.config.head_type
-saved = tempfile.mkdtemp()
+saved = "resaved"  # in the test's own temporary working directory
 model.eval().save_pretrained(saved)
 reloaded = AutoModelForImageClassification.from_pretrained(saved, trust_remote_code=True).eval()
 with torch.no_grad():

@@ -135,7 +135,7 @@ def test_older_release_is_stopped_at_once_naming_both_versions(folder) -> None:
 
 
 IN_LIBRARY = r"""
-import sys, json, tempfile
+import sys, json
 sys.path.insert(0, sys.argv[1])  # the repository, not installed in this environment
 import torch, transformers, vitzoo_hf
 from transformers import AutoModel, AutoModelForImageClassification
@@ -145,7 +145,7 @@ config = vitzoo_hf.VitzooEvaConfig(
 )
 torch.manual_seed(0)
 model = vitzoo_hf.VitzooEvaForImageClassification(config).eval()
-folder = tempfile.mkdtemp()
+folder = "saved"  # in the test's temporary working directory
 model.save_pretrained(folder)
 reloaded = AutoModelForImageClassification.from_pretrained(folder).eval()
 x = torch.randn(1, 3, 32, 32)
