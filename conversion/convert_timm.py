@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import json
 import shutil
 import sys
@@ -242,12 +243,19 @@ def _finite(key: str, source: TensorSource) -> torch.Tensor:
 
 
 def checkpoint_identity(checkpoint: Path | None) -> dict | None:
-    """What the weights came from (path, size, modification time), so a batch re-run can tell a finished
-    conversion of the same checkpoint from one of another; None for timm's pretrained source."""
+    """What the weights came from (file name, size, modification time, a hash of the full path: the record is
+    published, the local path is not), so a batch re-run can tell a finished conversion of the same checkpoint
+    from one of another; None for timm's pretrained source."""
     if checkpoint is None:
         return None
-    stat = Path(checkpoint).resolve().stat()
-    return {"path": str(Path(checkpoint).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(checkpoint).resolve()
+    stat = path.stat()
+    return {
+        "name": path.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "path_sha256": hashlib.sha256(str(path).encode()).hexdigest(),
+    }
 
 
 def check_destination(output_dir: Path, overwrite: bool) -> None:
