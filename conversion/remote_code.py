@@ -1,4 +1,4 @@
-"""The import rules for files that ship as Hub remote code (DESIGN.md), checked on the syntax tree."""
+"""The rules for files that ship as Hub remote code (docs/ARCHITECTURE.md), checked on the syntax tree."""
 
 from __future__ import annotations
 
