@@ -136,11 +136,14 @@ def upload_set_problems(folder: Path, allow_extra_files: bool) -> list[str]:
         if p.is_symlink() and not _hidden(p, folder)
     ]
     if not allow_extra_files:
-        extra = [p.relative_to(folder).as_posix() for p in upload_set(folder) if not FOLDER_FILES.fullmatch(p.name)]
-        extra += [p.relative_to(folder).as_posix() for p in upload_set(folder) if p.parent != folder]
+        extra = [
+            p.relative_to(folder).as_posix()
+            for p in upload_set(folder)
+            if p.parent != folder or not FOLDER_FILES.fullmatch(p.name)
+        ]
         if extra:
             problems.append(
-                f"files that are not part of a converted folder: {sorted(set(extra))}; remove them, or pass "
+                f"files that are not part of a converted folder: {extra}; remove them, or pass "
                 "--allow-extra-files to publish them too"
             )
     return problems

@@ -332,7 +332,7 @@ def convert(
     label_names = read_labels(Path(labels)) if labels is not None else None
     architecture, tag = resolve_model_name(model_name)
     kwargs = {**timm_kwargs(model_name), **(model_kwargs or {})}
-    family_of(model_name, model_kwargs or {})
+    family = family_of(model_name, model_kwargs or {})
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
@@ -342,7 +342,6 @@ def convert(
     with torch.device("meta"):
         skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     check_source_fits(source, skeleton, model_name)
-    family = family_for(skeleton)
     config = family.mapping.config_from_timm(skeleton)
     id2label = id2label_for(skeleton, num_classes, label_names)
     if id2label:
