@@ -34,6 +34,7 @@ from conversion.parity_record import read_parity_record, stale_parity_problems, 
 from conversion.remote_code import import_problems
 from conversion.staging import exit_on_termination, phase
 from conversion.verify import run_folder
+from vitzoo_hf import AUTO_CLASS_NAMES
 
 REQUIRED = ("config.json", "preprocessor_config.json", "README.md")
 # What a converted folder (or a Trainer save of one) holds; anything else needs --allow-extra-files.
@@ -42,7 +43,6 @@ FOLDER_FILES = re.compile(
     r"|model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json|[A-Za-z_][A-Za-z0-9_]*\.py)"
 )
 TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9_]{8,}")
-AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoBackbone")
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -75,7 +75,7 @@ def validate(folder: Path, allow_extra_files: bool = False) -> list[str]:
         return problems
     config = json.loads((folder / "config.json").read_text())
     auto_map = config.get("auto_map", {})
-    problems += [f"config.json auto_map lacks {cls}" for cls in AUTO_CLASSES if cls not in auto_map]
+    problems += [f"config.json auto_map lacks {cls}" for cls in AUTO_CLASS_NAMES if cls not in auto_map]
     references = list(auto_map.values()) + [
         f"{auto_map.get('AutoModel', 'x.y').split('.')[0]}.{name}" for name in config.get("architectures") or []
     ]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conversion.checkpoints import INDEX_NAME, write_shards  # noqa: E402
-from conversion.convert_timm import timm_kwargs  # noqa: E402
+from conversion.convert_timm import family_of  # noqa: E402
 
 SIZES = {
     "s": "vit_small_patch16_dinov3",
@@ -43,7 +43,7 @@ SIZES = {
 
 def synthetic_checkpoint(name: str, folder: Path, shard_size: str) -> tuple[Path, int]:
     with torch.device("meta"):
-        skeleton = timm.create_model(name, pretrained=False, num_classes=0, **timm_kwargs(name))
+        skeleton = timm.create_model(name, pretrained=False, num_classes=0, **family_of(name).reference_kwargs(name))
     shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     tensors = (

@@ -24,13 +24,13 @@ import torch
 from safetensors import SafetensorError
 from timm.data import DEFAULT_CROP_PCT, ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import split_model_name_tag
-from transformers.dynamic_module_utils import custom_object_save
 
 from conversion.checkpoints import TensorSource, open_checkpoint, parse_size, write_shards
 from conversion.common import UnsupportedArchitecture
-from conversion.families import Family, family_for
+from conversion.families import FamilyConversion, family_for
 from conversion.model_card import write_model_card
 from conversion.parity_record import write_parity_record
+from conversion.remote_code import sibling_closure
 from conversion.staging import clean_stale, exit_on_termination, make_staging, move_into_place, phase
 from conversion.verify import run_folder
 from vitzoo_hf import VitzooImageProcessor
@@ -61,15 +61,6 @@ def resolve_model_name(model_name: str) -> tuple[str, str | None]:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConversionError(f"Unknown timm model {architecture!r}.{hint}")
     return architecture, tag or None
-
-
-def timm_kwargs(model_name: str) -> dict:
-    """dynamic_img_size lets the model serve as the reference at any size. DINOv3's pooled output is the CLS
-    token, as upstream DINOv3 and transformers' DINOv3ViTModel give it (timm defaults to avg)."""
-    kwargs = {"dynamic_img_size": True}
-    if "dinov3" in split_model_name_tag(model_name)[0]:
-        kwargs["global_pool"] = "token"
-    return kwargs
 
 
 def check_source_fits(source: TensorSource, skeleton: torch.nn.Module, model_name: str) -> None:
@@ -128,11 +119,10 @@ def id2label_for(model: torch.nn.Module, num_classes: int, labels: list[str] | N
     return {i: info.index_to_description(i) for i in range(num_classes)}
 
 
-def image_processor_for(model: torch.nn.Module) -> VitzooImageProcessor:
+def image_processor_for(model: torch.nn.Module, conversion: FamilyConversion) -> VitzooImageProcessor:
     """The processor that reproduces timm's eval transform for this model's pretrained config, at the size the
     model was built for (a checkpoint fine-tuned at another ``img_size`` keeps its crop rule at its own size)."""
-    embed = model.patch_embed
-    data = resolve_data_config({"input_size": (embed.proj.in_channels, *embed.img_size)}, model=model)
+    data = resolve_data_config({"input_size": conversion.input_size(model)}, model=model)
     height, width = data["input_size"][1:]
     crop_mode = data.get("crop_mode") or "center"
     size = (
@@ -164,65 +154,51 @@ def verification_bytes(num_parameters: int) -> int:
     return int(num_parameters * 4 * 2 * 1.25) + 2**30
 
 
-def truncated_kwargs(skeleton: torch.nn.Module, blocks: int) -> dict:
-    """timm constructor arguments for a copy with only the first ``blocks`` blocks (per-block ones cut)."""
-    kwargs = {"depth": blocks}
-    # getattr twice: blocks timm builds without an ``attn`` (parallel blocks) are refused later, by name.
-    kv_heads = [getattr(getattr(b, "attn", None), "num_kv_heads", None) for b in skeleton.blocks[:blocks]]
-    if any(h is not None for h in kv_heads):  # per-block values (Sapiens2) must be cut to the new depth too
-        kwargs["num_kv_heads"] = tuple(kv_heads)
-    return kwargs
-
-
 def _reference(
     model_name: str,
     source: TensorSource,
     skeleton: torch.nn.Module,
+    conversion: FamilyConversion,
     dtype: torch.dtype,
     blocks: int | None,
     kwargs: dict,
 ) -> torch.nn.Module:
     """timm holding the converted weights (rounded as saved), whole or truncated to its first ``blocks``."""
     kwargs = {**kwargs, "num_classes": getattr(skeleton, "num_classes", 0)}
-    keep = lambda key: True  # noqa: E731
     if blocks is not None:
-        kwargs.update(truncated_kwargs(skeleton, blocks))
-        if "rope.freqs" in source:
-            raise ConversionError("Partial verification is not possible for RoPE-Mixed models (per-block RoPE).")
-        keep = lambda key: not key.startswith("blocks.") or int(key.split(".")[1]) < blocks  # noqa: E731
+        kwargs.update(conversion.truncated_kwargs(skeleton, blocks))
     model = timm.create_model(model_name, pretrained=False, **kwargs)
-    state = {k: source.get(k).to(dtype).float() for k in source.shapes if keep(k)}
-    model.load_state_dict(state, strict=True)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    depth_bound = [k for k, shape in shapes.items() if k in source and source.shapes[k] != shape]
+    if depth_bound:  # e.g. RoPE-Mixed's per-block frequency table
+        raise ConversionError(f"Partial verification is not possible: {depth_bound[0]} depends on the depth.")
+    model.load_state_dict({k: source.get(k).to(dtype).float() for k in shapes}, strict=True)
     return model.eval()
 
 
 def verify(
-    folder: Path, reference: torch.nn.Module, with_head: bool, overrides: dict | None = None
+    folder: Path,
+    reference: torch.nn.Module,
+    conversion: FamilyConversion,
+    config,
+    with_head: bool,
+    overrides: dict | None = None,
 ) -> dict[str, float]:
     """Max abs difference per output between the folder (clean process) and timm; raises past tolerance."""
-    ph, pw = reference.patch_embed.patch_size
-    height, width = reference.patch_embed.img_size
-    generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "native": torch.randn(2, 3, height, width, generator=generator),
-        # whole patches (a native size such as 384 at patch 14 leaves a remainder that only it may have)
-        "interpolated": torch.randn(2, 3, (height // ph + 2) * ph, (width // pw - 1) * pw, generator=generator),
-    }
-    ours = run_folder(folder, inputs, with_head, overrides, scratch=folder)  # scratch goes with the staging
+    inputs = conversion.verification_inputs(reference)
+    pixels = {name: x for name, (x, _) in inputs.items()}
+    calls = {name: call for name, (_, call) in inputs.items()}
+    ours = run_folder(folder, pixels, with_head, overrides, scratch=folder, calls=calls)  # scratch: the staging
     expected = {}
-    strict = reference.patch_embed.strict_img_size
     with torch.no_grad():
-        for name, x in inputs.items():
-            # At the native size timm runs as pretrained, fixed-size: its conv drops a pixel remainder (so400m/14
-            # at 384) that its dynamic-size mode would refuse.
-            reference.patch_embed.strict_img_size = strict or name == "native"
-            features = reference.forward_features(x)
-            expected[f"{name}.last_hidden_state"] = features
-            if reference.global_pool:
-                expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
-            if with_head:
-                expected[f"{name}.logits"] = reference.forward_head(features)
-    reference.patch_embed.strict_img_size = strict
+        for name, x in pixels.items():
+            with conversion.reference_at(reference, name):
+                features = reference.forward_features(x)
+                expected[f"{name}.last_hidden_state"] = features
+                if config.global_pool:
+                    expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
+                if with_head:
+                    expected[f"{name}.logits"] = reference.forward_head(features)
     if set(ours) != set(expected):
         raise ConversionError(f"Outputs differ in kind: folder gave {sorted(ours)}, timm {sorted(expected)}.")
     parity = {}
@@ -268,12 +244,10 @@ def check_destination(output_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
 
 
-def family_of(model_name: str, kwargs: dict) -> Family:
+def family_of(model_name: str, kwargs: dict | None = None) -> FamilyConversion:
     """The family of a timm name, from its class built bare on the meta device, before any weight is read."""
     with torch.device("meta"):
-        bare = timm.create_model(
-            model_name, pretrained=False, **{k: v for k, v in kwargs.items() if k != "dynamic_img_size"}
-        )
+        bare = timm.create_model(model_name, pretrained=False, **(kwargs or {}))
     try:
         return family_for(bare)
     except UnsupportedArchitecture as error:
@@ -282,7 +256,7 @@ def family_of(model_name: str, kwargs: dict) -> Family:
 
 def _write_folder(
     staging: Path,
-    family: Family,
+    conversion: FamilyConversion,
     config,
     source: TensorSource,
     skeleton: torch.nn.Module,
@@ -291,10 +265,10 @@ def _write_folder(
 ) -> None:
     """Weights (streamed), config, code files and image processor; every key must land on our model."""
     with_head = config.num_labels > 0
-    model_class = family.classifier if with_head else family.model
+    model_class = conversion.classifier if with_head else conversion.model
     with torch.device("meta"):
         target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
-    names = {k: family.mapping.convert_key(k, with_head) for k in skeleton.state_dict()}
+    names = {k: conversion.convert_key(k, with_head) for k in skeleton.state_dict()}
     names = {k: v for k, v in names.items() if v is not None}
     produced = {v: source.shapes[k] for k, v in names.items()}
     if produced != target:
@@ -304,8 +278,11 @@ def _write_folder(
     config.architectures = [model_class.__name__]
     config.dtype = dtype
     config.save_pretrained(staging)
-    custom_object_save(model_class, staging)
-    image_processor_for(skeleton).save_pretrained(staging)
+    family = conversion.family
+    classes = (family.config, family.model, family.classifier, family.backbone, VitzooImageProcessor)
+    for path in sibling_closure([Path(sys.modules[c.__module__].__file__) for c in classes]):
+        shutil.copyfile(path, staging / path.name)
+    image_processor_for(skeleton, conversion).save_pretrained(staging)
 
 
 def convert(
@@ -331,18 +308,19 @@ def convert(
     parse_size(max_shard_size)
     label_names = read_labels(Path(labels)) if labels is not None else None
     architecture, tag = resolve_model_name(model_name)
-    kwargs = {**timm_kwargs(model_name), **(model_kwargs or {})}
-    family = family_of(model_name, model_kwargs or {})
+    conversion = family_of(model_name, model_kwargs)
+    kwargs = {**conversion.reference_kwargs(model_name), **(model_kwargs or {})}
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
     else:
         source = open_checkpoint(checkpoint)
-    num_classes = source.shapes["head.weight"][0] if "head.weight" in source else 0
+    classifier = conversion.CLASSIFIER_WEIGHT
+    num_classes = source.shapes[classifier][0] if classifier in source else 0
     with torch.device("meta"):
         skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     check_source_fits(source, skeleton, model_name)
-    config = family.mapping.config_from_timm(skeleton)
+    config = conversion.config_from_timm(skeleton)
     id2label = id2label_for(skeleton, num_classes, label_names)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
@@ -351,11 +329,12 @@ def convert(
     num_parameters = sum(p.numel() for p in skeleton.parameters())
     budget = available_memory() if memory_budget is None else memory_budget
     needed = verification_bytes(num_parameters)
-    blocks = None if needed <= budget else min(PARTIAL_BLOCKS, len(skeleton.blocks))
+    depth = conversion.num_blocks(skeleton)
+    blocks = None if needed <= budget else min(PARTIAL_BLOCKS, depth)
     if blocks is not None:
         print(
             f"{model_name} needs ~{needed / 2**30:.1f} GiB to verify whole, {budget / 2**30:.1f} GiB available: "
-            f"verifying with its first {blocks} of {len(skeleton.blocks)} blocks."
+            f"verifying with its first {blocks} of {depth} blocks."
         )
 
     try:
@@ -368,16 +347,12 @@ def convert(
     try:
         print(f"writing {model_name} ({num_parameters:,} parameters) to {output_dir}", flush=True)
         phase("write")
-        _write_folder(staging, family, config, source, skeleton, DTYPES[dtype], max_shard_size)
+        _write_folder(staging, conversion, config, source, skeleton, DTYPES[dtype], max_shard_size)
         print("verifying in a clean process", flush=True)
         phase("verify")
-        reference = _reference(model_name, source, skeleton, DTYPES[dtype], blocks, kwargs)
-        overrides = None
-        if blocks is not None:
-            overrides = {"num_hidden_layers": blocks}
-            if isinstance(config.to_dict().get("num_key_value_heads"), list):
-                overrides["num_key_value_heads"] = config.num_key_value_heads[:blocks]
-        parity = verify(staging, reference, num_classes > 0, overrides)
+        reference = _reference(model_name, source, skeleton, conversion, DTYPES[dtype], blocks, kwargs)
+        overrides = None if blocks is None else conversion.truncated_overrides(config, blocks)
+        parity = verify(staging, reference, conversion, config, num_classes > 0, overrides)
         del reference
         record = write_parity_record(
             staging,
@@ -387,7 +362,7 @@ def convert(
                 "reference": f"timm {timm.__version__}",
                 "timm_model": model_name,
                 "checkpoint": checkpoint_identity(checkpoint),
-                "verified_blocks": "all" if blocks is None else f"first {blocks} of {len(skeleton.blocks)}",
+                "verified_blocks": "all" if blocks is None else f"first {blocks} of {depth}",
             },
         )
         saved = json.loads((staging / "config.json").read_text())

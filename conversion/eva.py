@@ -6,22 +6,27 @@ is what gets converted; each unsupported piece fails here by name.
 
 from __future__ import annotations
 
-import torch
+from timm.models import split_model_name_tag
 from torch import nn
 
-from conversion.common import (
-    UnsupportedArchitecture,
-    activation_name,
+from conversion import token_families
+from conversion.common import UnsupportedArchitecture, activation_name, head_fields, present
+from conversion.token_families import (  # noqa: F401  (hooks this family takes as they are)
+    CLASSIFIER_WEIGHT,
     check_attn_pool,
     encoder_fields,
-    head_fields,
-    present,
+    input_size,
+    num_blocks,
+    reference_at,
+    token_key,
+    truncated_kwargs,
+    truncated_overrides,
+    verification_inputs,
 )
-from conversion.common import convert_key as _convert_key
-from conversion.common import convert_state_dict as _convert
-from vitzoo_hf import VitzooEvaConfig
+from vitzoo_hf import VitzooEvaConfig, VitzooEvaModel
 
 TIMM_CLASSES = ("Eva",)
+TIMM_MODULES = ("eva",)
 # timm's EvaBlock stores LayerScale as bare gamma_1/gamma_2 parameters; ours are ls1.gamma/ls2.gamma.
 RENAMES = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
 
@@ -51,7 +56,7 @@ def _attention_fields(model: nn.Module) -> dict:
         qkv_fused=fused,
         qkv_bias=qkv_bias,
         qk_norm=present(attn.q_norm),
-        scale_attn_inner=present(attn.norm),
+        scale_attn_norm=present(attn.norm),
         num_key_value_heads=None if set(kv_heads) == {attn.num_heads} else kv_heads,
         rope_rotate_half=bool(getattr(attn, "rotate_half", False)),
     )
@@ -122,7 +127,7 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooEvaConfig:
         attn_pool_num_heads=pool.num_heads if pool is not None else None,
         attn_pool_intermediate_size=pool.mlp.fc1.out_features if pool is not None else None,
         **_rope_fields(model.rope),
-        **head_fields(model),
+        **head_fields(model.head),
     )
     if pool is not None and activation_name(pool.mlp.act) != "gelu":
         raise UnsupportedArchitecture("Eva attention pools are built with GELU; this one is not.")
@@ -130,9 +135,14 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooEvaConfig:
     return VitzooEvaConfig(**fields)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], with_head: bool = True) -> dict[str, torch.Tensor]:
-    return _convert(state_dict, "eva", with_head, RENAMES)
+def reference_kwargs(model_name: str) -> dict:
+    """DINOv3's pooled output is the CLS token, as upstream DINOv3 and transformers' DINOv3ViTModel give it
+    (timm defaults to avg)."""
+    kwargs = token_families.reference_kwargs(model_name)
+    if "dinov3" in split_model_name_tag(model_name)[0]:
+        kwargs["global_pool"] = "token"
+    return kwargs
 
 
 def convert_key(key: str, with_head: bool = True) -> str | None:
-    return _convert_key(key, "eva", with_head, RENAMES)
+    return token_key(key, VitzooEvaModel.base_model_prefix, with_head, RENAMES)

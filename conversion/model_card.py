@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from vitzoo_hf.compat import MINIMUM_TRANSFORMERS
+from vitzoo_hf.common_compat import MINIMUM_TRANSFORMERS
 
 SUPPORTED_TRANSFORMERS = f">= {'.'.join(map(str, MINIMUM_TRANSFORMERS))} (4.57.x or any 5.x)"
 
@@ -42,6 +42,19 @@ def write_model_card(
         )
     else:
         scope_note = ""
+    # Token families resample their position embedding for other sizes (an "interpolated" input); CNNs need nothing.
+    tokens = any(key.startswith("interpolated.") for key in record["max_abs_diff"])
+    other_sizes = (
+        "Other sizes: `model(pixel_values, interpolate_pos_encoding=True)` resamples the position embedding exactly "
+        "as\ntimm does."
+        if tokens
+        else "Other sizes: any size timm accepts, directly (no flag)."
+    )
+    second_input = (
+        '"interpolated" is a\nsecond input size against timm built with `dynamic_img_size=True`'
+        if tokens
+        else '"resized" is a second\ninput size'
+    )
     source = f"the local checkpoint `{checkpoint.name}`" if checkpoint else f"timm's pretrained weights for `{name}`"
     auto_class = "AutoModelForImageClassification" if with_head else "AutoModel"
     fine_tune = (
@@ -75,15 +88,14 @@ processor = AutoImageProcessor.from_pretrained("{REPO_ID_PLACEHOLDER}", trust_re
 outputs = model(**processor(images, return_tensors="pt"))
 ```
 {fine_tune}
-Other sizes: `model(pixel_values, interpolate_pos_encoding=True)` resamples the position embedding exactly as
-timm does. Features for dense tasks: `AutoBackbone` (see the vitzoo_hf README for the route that works with
+{other_sizes} Features for dense tasks: `AutoBackbone` (see the vitzoo_hf README for the route that works with
 local folders).
 
 ## Parity with timm
 
 Converted from {source} with timm {config["timm_version"]}. Verified after writing, by loading this folder as
-remote code in a clean process and comparing with timm on the same weights (fp32, eval; "interpolated" is a
-second input size against timm built with `dynamic_img_size=True`). Max absolute differences, tolerance
+remote code in a clean process and comparing with timm on the same weights (fp32, eval; {second_input}).
+Max absolute differences, tolerance
 {record["tolerance"]} (the record, with the hashes of the weight files it holds for, is `vitzoo_parity.json`; it
 does not apply to weights saved after a fine-tune):
 

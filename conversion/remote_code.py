@@ -61,3 +61,18 @@ def import_problems(path: Path) -> list[str]:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
             problems.append(f"{where} calls {node.func.id}(): dynamic code and file access are refused in model code")
     return problems
+
+
+def sibling_closure(paths: list[Path]) -> list[Path]:
+    """``paths`` and every file they reach through ``from .sibling import ...``: the code files a folder ships."""
+    found: dict[Path, None] = {}
+    pending = [Path(p) for p in paths]
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found[path] = None
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                pending.append(path.parent / f"{node.module}.py")
+    return sorted(found, key=lambda p: p.name)

@@ -1,11 +1,11 @@
-"""Coverage sweep: every pretrained tag of every timm class a vitzoo family holds, converted and verified.
+"""Coverage sweep: every pretrained tag of the timm modules of every registered family, converted and verified.
 
     python -m conversion.sweep [--depth 2] [--filter SUBSTRING] [--workers 2] [--json FILE]
 
 Each tag is built with ``pretrained=False`` and its own pretrained config (input size, classes, mean/std),
-at a reduced depth (every other argument intact), perturbed, saved as a checkpoint and run through the real
-converter, including its clean-process verification. Prints ``N/M converted with parity`` and each failure
-with its reason.
+at a reduced depth (the family's truncation hook; every other argument intact), perturbed, saved as a
+checkpoint and run through the real converter, including its clean-process verification. Prints
+``N/M converted with parity`` and each failure with its reason.
 """
 
 from __future__ import annotations
@@ -22,28 +22,25 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conversion.convert_timm import convert, timm_kwargs, truncated_kwargs
-
-MODULES = ("vision_transformer", "deit", "eva")
+from conversion.convert_timm import convert, family_of
+from conversion.families import conversions
 
 
 def supported_tags(substring: str | None = None) -> list[str]:
-    tags = sorted(timm.list_models(module=list(MODULES), pretrained=True))
+    modules = sorted({module for conversion in conversions() for module in conversion.TIMM_MODULES})
+    tags = sorted(timm.list_models(module=modules, pretrained=True))
     return [t for t in tags if substring is None or substring in t]
-
-
-def reduced(tag: str, depth: int) -> dict:
-    """Constructor overrides for a shallower copy of ``tag``."""
-    with torch.device("meta"):
-        full = timm.create_model(tag, pretrained=False, **timm_kwargs(tag))
-    return truncated_kwargs(full, min(depth, len(full.blocks)))
 
 
 def sweep_one(tag: str, depth: int) -> tuple[str, bool, str, float]:
     start = time.perf_counter()
     try:
-        kwargs = reduced(tag, depth)
-        model = timm.create_model(tag, pretrained=False, **timm_kwargs(tag), **kwargs)
+        conversion = family_of(tag)
+        reference_kwargs = conversion.reference_kwargs(tag)
+        with torch.device("meta"):
+            full = timm.create_model(tag, pretrained=False, **reference_kwargs)
+        kwargs = conversion.truncated_kwargs(full, min(depth, conversion.num_blocks(full)))
+        model = timm.create_model(tag, pretrained=False, **reference_kwargs, **kwargs)
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for tensor in model.state_dict(keep_vars=True).values():

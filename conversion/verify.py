@@ -33,6 +33,7 @@ from transformers import AutoModel, AutoModelForImageClassification
 
 folder, inputs_path, outputs_path, with_head = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 overrides = json.loads(sys.argv[5])  # config fields, e.g. fewer blocks for a partial check of a huge model
+calls = json.loads(sys.argv[6])  # per input: model call arguments (token families: interpolate_pos_encoding)
 inputs = load_file(inputs_path)
 outputs = {}
 load = dict(trust_remote_code=True, dtype=torch.float32, output_loading_info=True, **overrides)
@@ -48,13 +49,13 @@ model.eval()
 classifier = classifier.eval() if classifier is not None else None
 with torch.no_grad():
     for name, pixel_values in inputs.items():
-        interpolate = name != "native"
-        out = model(pixel_values, interpolate_pos_encoding=interpolate)
+        call = calls.get(name, {})
+        out = model(pixel_values, **call)
         outputs[f"{name}.last_hidden_state"] = out.last_hidden_state
         if out.pooler_output is not None:
             outputs[f"{name}.pooler_output"] = out.pooler_output
         if classifier is not None:
-            outputs[f"{name}.logits"] = classifier(pixel_values, interpolate_pos_encoding=interpolate).logits
+            outputs[f"{name}.logits"] = classifier(pixel_values, **call).logits
 save_file({k: v.clone() for k, v in outputs.items()}, outputs_path)  # views share storage
 """
 
@@ -100,16 +101,18 @@ def run_folder(
     with_head: bool,
     overrides: dict | None = None,
     scratch: Path | None = None,
+    calls: dict[str, dict] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo. This runs
     the folder's Python files: the child gets no credentials (see ``untrusted_env``). ``scratch`` is where its
-    temporary files go (a converter passes its staging folder, so an interrupted run leaves nothing elsewhere)."""
+    temporary files go (a converter passes its staging folder, so an interrupted run leaves nothing elsewhere);
+    ``calls`` gives model call arguments per input name."""
     with tempfile.TemporaryDirectory(prefix=".vitzoo-verify-", dir=scratch and scratch.resolve()) as tmp:
         inputs_path, outputs_path = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_path))
         env = untrusted_env(Path(tmp))
         args = [sys.executable, "-c", CHILD, str(folder.resolve()), str(inputs_path), str(outputs_path)]
-        args += ["1" if with_head else "0", json.dumps(overrides or {})]
+        args += ["1" if with_head else "0", json.dumps(overrides or {}), json.dumps(calls or {})]
         result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")

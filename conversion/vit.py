@@ -7,21 +7,26 @@ family cannot express fails here with the module that is in the way, never later
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from conversion.common import (
-    UnsupportedArchitecture,
+from conversion.common import UnsupportedArchitecture, head_fields, present
+from conversion.token_families import (  # noqa: F401  (hooks this family takes as they are)
+    CLASSIFIER_WEIGHT,
     check_attn_pool,
     encoder_fields,
-    head_fields,
-    present,
+    input_size,
+    num_blocks,
+    reference_at,
+    reference_kwargs,
+    token_key,
+    truncated_kwargs,
+    truncated_overrides,
+    verification_inputs,
 )
-from conversion.common import convert_key as _convert_key
-from conversion.common import convert_state_dict as _convert
-from vitzoo_hf import VitzooViTConfig
+from vitzoo_hf import VitzooViTConfig, VitzooViTModel
 
 TIMM_CLASSES = ("VisionTransformer", "VisionTransformerDistilled")
+TIMM_MODULES = ("vision_transformer", "deit")
 
 
 def _check_attention(attn: nn.Module) -> None:
@@ -47,14 +52,13 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooViTConfig:
     if model.attn_pool is not None:
         check_attn_pool(model.attn_pool)
     layer_scale = getattr(block, "ls1", None)
-    fc_norm = present(model.fc_norm)
     fields.update(
         qkv_bias=block.attn.qkv.bias is not None,
         qk_norm=present(block.attn.q_norm),
         proj_bias=block.attn.proj.bias is not None,
         scale_attn_norm=present(block.attn.norm),
         layer_scale_init_value=float(layer_scale.init_values) if present(layer_scale) else None,
-        block_type="res_post" if block_name == "ResPostBlock" else "pre_norm",
+        post_norm=block_name == "ResPostBlock",
         class_token=model.cls_token is not None,
         num_register_tokens=0 if distilled else model.num_reg_tokens,
         distilled=distilled,
@@ -62,19 +66,15 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooViTConfig:
         no_embed_class=model.no_embed_class,
         patch_embed_norm=present(embed.norm),
         pre_norm=present(model.norm_pre),
-        final_norm=present(model.norm) or fc_norm,
-        fc_norm=fc_norm,
+        final_norm=present(model.norm),
+        fc_norm=present(model.fc_norm),
         global_pool=model.global_pool,
         pool_include_prefix=model.pool_include_prefix,
-        **head_fields(model),
+        **head_fields(model.head),
     )
     fields.update(overrides)
     return VitzooViTConfig(**fields)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], with_head: bool = True) -> dict[str, torch.Tensor]:
-    return _convert(state_dict, "vit", with_head)
-
-
 def convert_key(key: str, with_head: bool = True) -> str | None:
-    return _convert_key(key, "vit", with_head, None)
+    return token_key(key, VitzooViTModel.base_model_prefix, with_head)

@@ -122,11 +122,11 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     if role == "classifier" and not timm_model.num_classes:
         # timm's model(x) without a classifier is the pooled output: our head_type "none", one logit per feature.
         config_overrides = {"head_type": "none", "num_labels": timm_model.num_features, **config_overrides}
-    config = family.mapping.config_from_timm(timm_model, **config_overrides)
+    config = family.config_from_timm(timm_model, **config_overrides)
     config._attn_implementation = attn
     model = getattr(family, role)(config)
     with_head = role == "classifier"
-    state = family.mapping.convert_state_dict(timm_model.state_dict(), with_head=with_head)
+    state = family.convert_state_dict(timm_model.state_dict(), with_head=with_head)
     target = model.base_model if role == "backbone" else model
     target.load_state_dict(state, strict=True)
     return model.eval()

@@ -148,7 +148,7 @@ class VitzooEvaEva02Test(VitzooEvaDinoV3Test):
         mlp_type="swiglu",
         hidden_act="silu",
         scale_mlp_norm=True,
-        scale_attn_inner=True,
+        scale_attn_norm=True,
         rope_type="cat",
         rope_ref_grid=[2, 2],
         global_pool="avg",

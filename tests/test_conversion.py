@@ -43,17 +43,20 @@ def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "README.md",
-        "compat.py",
+        "common_compat.py",
+        "common_config.py",
+        "common_heads.py",
+        "common_layers.py",
+        "common_modeling.py",
         "config.json",
-        "config_common.py",
         "configuration_vit.py",
-        "encoder.py",
-        "heads.py",
         "image_processing_vitzoo.py",
-        "layers.py",
         "model.safetensors",
         "modeling_vit.py",
         "preprocessor_config.json",
+        "token_config.py",
+        "token_encoder.py",
+        "token_layers.py",
         "vitzoo_parity.json",
     ]
     config = json.loads((out / "config.json").read_text())
@@ -153,25 +156,24 @@ def test_eva_family_converts_and_verifies(tmp_path: Path, name: str, pooling: st
     result = convert(name, tmp_path / "out", checkpoint=checkpoint)
     config = json.loads((result.output_dir / "config.json").read_text())
     assert config["model_type"] == "vitzoo_eva" and config["global_pool"] == pooling
-    assert (result.output_dir / "modeling_eva.py").is_file() and (result.output_dir / "rope.py").is_file()
+    assert (result.output_dir / "modeling_eva.py").is_file() and (result.output_dir / "token_rope.py").is_file()
     assert {"native.last_hidden_state", "interpolated.pooler_output"} <= set(result.parity)
     assert max(result.parity.values()) <= 1e-4
     assert leftovers(tmp_path) == []
 
 
 def test_dinov3_7b_config_builds_on_meta_with_timms_parameter_count() -> None:
-    from conversion.convert_timm import timm_kwargs
-    from conversion.families import family_for
+    from conversion.convert_timm import family_of
 
     name = "vit_7b_patch16_dinov3"
+    family = family_of(name)
     with torch.device("meta"):
-        timm_model = timm.create_model(name, pretrained=False, **timm_kwargs(name))
-        family = family_for(timm_model)
-        config = family.mapping.config_from_timm(timm_model)
+        timm_model = timm.create_model(name, pretrained=False, **family.reference_kwargs(name))
+        config = family.config_from_timm(timm_model)
         model = family.model(config)
     assert config.global_pool == "token" and config.rope_type == "dinov3" and config.intermediate_size % 64 == 0
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in family.mapping.convert_state_dict(timm_model.state_dict(), False).items()}
+    theirs = {k: tuple(v.shape) for k, v in family.convert_state_dict(timm_model.state_dict(), False).items()}
     assert ours == theirs
     assert sum(p.numel() for p in model.parameters()) > 6.5e9
 

@@ -345,7 +345,7 @@ def test_dry_run_smoke_test_cannot_read_the_token(folder, hub, tmp_path: Path) -
     _, env = hub
     copy = tmp_path / "nosy"
     shutil.copytree(folder, copy)
-    layers = copy / "layers.py"
+    layers = copy / "token_layers.py"
     layers.write_text(
         layers.read_text()
         + "\ntry:\n    from huggingface_hub import get_token\nexcept ImportError:\n    get_token = None\n"
@@ -372,7 +372,7 @@ def test_code_that_could_escape_is_refused_before_it_runs(folder, hub, tmp_path:
     state, env = hub
     copy = tmp_path / "escape"
     shutil.copytree(folder, copy)
-    (copy / "heads.py").write_text(code + (copy / "heads.py").read_text())
+    (copy / "common_heads.py").write_text(code + (copy / "common_heads.py").read_text())
     run = push(env, str(copy), "--repo-id", "vitzoo/escape", "--dry-run")
     assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
     assert posts(state) == []

@@ -20,7 +20,8 @@ from timm.data import create_transform, resolve_data_config
 from timm.models import get_pretrained_cfg
 
 from conversion.convert_timm import image_processor_for
-from conversion.sweep import MODULES
+from conversion.families import family_for
+from conversion.sweep import supported_tags
 from conversion.verify import clean_env
 from vitzoo_hf import VitzooImageProcessor
 
@@ -31,7 +32,7 @@ SIZES = [(320, 240), (241, 333), (1024, 683), (97, 131), (640, 200), (500, 500)]
 def _pretrained_data_configs() -> dict[tuple, str]:
     """One tag per distinct eval transform among every pretrained tag the sweep converts."""
     distinct: dict[tuple, str] = {}
-    for tag in sorted(timm.list_models(module=list(MODULES), pretrained=True)):
+    for tag in supported_tags():
         cfg = get_pretrained_cfg(tag)
         key = (cfg.input_size, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.mean, cfg.std)
         distinct.setdefault(key, tag)
@@ -50,7 +51,7 @@ def _setup(tag: str):
     with torch.device("meta"):
         model = timm.create_model(tag, pretrained=False)
     data = resolve_data_config({}, model=model)
-    return data, create_transform(**data), image_processor_for(model)
+    return data, create_transform(**data), image_processor_for(model, family_for(model))
 
 
 def test_every_pretrained_eval_transform_is_covered() -> None:

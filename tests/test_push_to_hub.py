@@ -133,7 +133,7 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
     if how == "missing file":
         (copy / "preprocessor_config.json").unlink()
     elif how == "bad import":
-        layers = copy / "layers.py"
+        layers = copy / "token_layers.py"
         layers.write_text("import requests\n" + layers.read_text())
     elif how == "truncated weights":
         weights = copy / "model.safetensors"
@@ -154,7 +154,7 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
     ("how", "message"),
     [
         ("missing file", "missing preprocessor_config.json"),
-        ("bad import", "layers.py:1 imports requests"),
+        ("bad import", "token_layers.py:1 imports requests"),
         ("weights changed after conversion", "vitzoo_parity.json was verified on other weights"),
         ("truncated weights", "model.safetensors is not a readable safetensors file"),
         ("weights missing a tensor", "weights do not match the config"),

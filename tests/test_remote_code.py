@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vitzoo_hf
-from conversion.remote_code import import_problems
+from conversion.remote_code import import_problems, sibling_closure
 from conversion.verify import clean_env
 from tests.helpers import save_tiny_folder
 from vitzoo_hf import VitzooImageProcessor
@@ -49,29 +50,21 @@ print(type(model).__module__)
 """
 
 
-# Only what each family imports: the vit family has no RoPE.
+# Only what each family imports: the vit family has no RoPE, no token family carries the stage files.
+TOKEN_FILES = [
+    "common_compat.py",
+    "common_config.py",
+    "common_heads.py",
+    "common_layers.py",
+    "common_modeling.py",
+    "image_processing_vitzoo.py",
+    "token_config.py",
+    "token_encoder.py",
+    "token_layers.py",
+]
 FAMILY_FILES = {
-    "vit": [
-        "compat.py",
-        "config_common.py",
-        "configuration_vit.py",
-        "encoder.py",
-        "heads.py",
-        "image_processing_vitzoo.py",
-        "layers.py",
-        "modeling_vit.py",
-    ],
-    "eva": [
-        "compat.py",
-        "config_common.py",
-        "configuration_eva.py",
-        "encoder.py",
-        "heads.py",
-        "image_processing_vitzoo.py",
-        "layers.py",
-        "modeling_eva.py",
-        "rope.py",
-    ],
+    "vit": sorted([*TOKEN_FILES, "configuration_vit.py", "modeling_vit.py"]),
+    "eva": sorted([*TOKEN_FILES, "configuration_eva.py", "modeling_eva.py", "token_rope.py"]),
 }
 
 
@@ -160,6 +153,27 @@ def test_import_rules_catch_what_breaks_on_the_hub(tmp_path: Path) -> None:
     assert len(problems) == 5, problems
     for fragment in ("requests", "timm.layers", ":4 relative", ":5 relative", "missing sibling missing.py"):
         assert any(fragment in problem for problem in problems), (fragment, problems)
+
+
+@pytest.mark.parametrize("name", sorted(vitzoo_hf.FAMILIES))
+def test_every_registered_family_follows_the_remote_code_rules(name: str) -> None:
+    """Walks the registry: each family's code files (the sibling closure of its modules) pass the import rules,
+    its modeling and configuration files import every sibling they reach directly, token and stage files never
+    mix, and the auto_map its config writes names its registered classes."""
+    family = vitzoo_hf.FAMILIES[name]
+    modeling = Path(sys.modules[family.model.__module__].__file__)
+    configuration = Path(sys.modules[family.config.__module__].__file__)
+    files = sibling_closure([modeling, configuration])
+    assert [problem for path in files for problem in import_problems(path)] == []
+    for root in (modeling, configuration):  # the files auto_map names
+        tree = ast.parse(root.read_text())
+        direct = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        assert direct == {path.stem for path in sibling_closure([root])} - {root.stem}, root.name
+    assert len({path.name.split("_")[0] for path in files if path.name.startswith(("token_", "stage_"))}) == 1
+    classes = {"AutoConfig": family.config, **{auto.__name__: cls for auto, cls in family.auto_classes.items()}}
+    for auto_name, reference in family.config.auto_map_entries().items():
+        module, class_name = reference.split(".")
+        assert (module, class_name) == (classes[auto_name].__module__.split(".")[-1], classes[auto_name].__name__)
 
 
 def test_from_pretrained_builds_on_meta_and_matches_timm(saved, monkeypatch) -> None:

@@ -187,4 +187,4 @@ def test_auto_map_modules_import_every_sibling_they_need_directly(folder) -> Non
     shipped = {p.stem for p in folder.glob("*.py")}
     needed = set().union(*(siblings(folder / f"{r}.py") for r in roots)) | roots | {"image_processing_vitzoo"}
     assert shipped == needed
-    assert ("rope" in shipped) == (config["model_type"] == "vitzoo_eva")
+    assert ("token_rope" in shipped) == (config["model_type"] == "vitzoo_eva")

@@ -31,9 +31,11 @@ def images(batch: int = 4, size: int = 32) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("pooling", "pooled"),
     [
-        ("cls", lambda h, m: m.vit.fc_norm(h[:, 0])),
-        ("mean", lambda h, m: m.vit.fc_norm(h[:, 1:].mean(1))),
-        ("cls_mean", lambda h, m: torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1)),
+        ("token", lambda h, m: m.vit.fc_norm(h[:, 0])),
+        ("avg", lambda h, m: m.vit.fc_norm(h[:, 1:].mean(1))),
+        ("max", lambda h, m: m.vit.fc_norm(h[:, 1:].amax(1))),
+        ("avgmax", lambda h, m: m.vit.fc_norm((h[:, 1:].amax(1) + h[:, 1:].mean(1)) / 2)),
+        ("token_avg", lambda h, m: torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1)),
     ],
 )
 def test_head_pooling_feeds_the_head_what_it_names(pooling, pooled) -> None:
@@ -42,7 +44,7 @@ def test_head_pooling_feeds_the_head_what_it_names(pooling, pooled) -> None:
     with torch.no_grad():
         hidden = model.vit(x).last_hidden_state
         torch.testing.assert_close(model(x).logits, model.head(pooled(hidden, model)))
-    assert model.head.in_features == (64 if pooling == "cls_mean" else 32)
+    assert model.head.in_features == (64 if pooling == "token_avg" else 32)
 
 
 def test_map_pooling_builds_its_own_pool_or_reuses_the_models() -> None:
@@ -158,7 +160,8 @@ def test_bad_input_errors_name_the_problem(call, message) -> None:
         ({"global_pool": "attn"}, "Unknown global_pool 'attn'"),
         ({"class_token": False}, "global_pool='token' needs a class token"),
         ({"head_type": "mlp"}, "head_type='mlp' needs head_hidden_sizes"),
-        ({"class_token": False, "global_pool": "avg", "head_pooling": "cls"}, "needs a class token"),
+        ({"class_token": False, "global_pool": "avg", "head_pooling": "token"}, "head_pooling='token' needs a class"),
+        ({"head_pooling": "cls_mean"}, "head_pooling='cls_mean' is now called 'token_avg'"),
         ({"num_attention_heads": 5}, r"hidden_size \(32\) must be divisible by num_attention_heads \(5\)"),
     ],
 )

@@ -1,12 +1,19 @@
 """timm's vision backbones as first-class Hugging Face models.
 
-Importing the package registers every family with AutoConfig, AutoModel, AutoModelForImageClassification
-and AutoBackbone, and marks the classes so that ``save_pretrained`` writes the code files next to the
-weights (the folder then loads anywhere with ``trust_remote_code=True``).
+``FAMILIES`` is the one family registry: the package registers each family with AutoConfig, AutoModel,
+AutoModelForImageClassification, AutoBackbone and AutoImageProcessor (and marks the classes so that
+``save_pretrained`` writes the code files next to the weights); the converter, the sweep, the publisher and the
+tests read the same entries. Adding a family is its own files plus one ``register_family`` call here
+(docs/ARCHITECTURE.md).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
+from .common_config import AUTO_CLASS_NAMES, VitzooConfig
 from .configuration_eva import VitzooEvaConfig
 from .configuration_vit import VitzooViTConfig
 from .image_processing_vitzoo import VitzooImageProcessor
@@ -23,37 +30,57 @@ from .modeling_vit import (
     VitzooViTPreTrainedModel,
 )
 
-__version__ = "0.1.0"
-
-FAMILIES = {
-    VitzooViTConfig: {
-        AutoModel: VitzooViTModel,
-        AutoModelForImageClassification: VitzooViTForImageClassification,
-        AutoBackbone: VitzooViTBackbone,
-    },
-    VitzooEvaConfig: {
-        AutoModel: VitzooEvaModel,
-        AutoModelForImageClassification: VitzooEvaForImageClassification,
-        AutoBackbone: VitzooEvaBackbone,
-    },
-}
+__version__ = "0.2.0"
 
 
-def _register() -> None:
-    for config_class, models in FAMILIES.items():
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        config_class.register_for_auto_class()
-        AutoImageProcessor.register(config_class, slow_image_processor_class=VitzooImageProcessor, exist_ok=True)
-        for auto_class, model_class in models.items():
-            auto_class.register(config_class, model_class, exist_ok=True)
-            model_class.register_for_auto_class(auto_class.__name__)
-    VitzooImageProcessor.register_for_auto_class("AutoImageProcessor")
+@dataclass(frozen=True)
+class Family:
+    """A family: its classes, and where its conversion hooks live (a module importable where timm is, by default
+    ``conversion.<name>``; see ``conversion/families.py`` for the hooks it must define)."""
+
+    name: str
+    config: type[VitzooConfig]
+    model: type
+    classifier: type
+    backbone: type
+    conversion: str = ""
+
+    @property
+    def conversion_module(self) -> str:
+        return self.conversion or f"conversion.{self.name}"
+
+    @property
+    def auto_classes(self) -> dict[type, type]:
+        return {AutoModel: self.model, AutoModelForImageClassification: self.classifier, AutoBackbone: self.backbone}
 
 
-_register()
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family to the registry and to the Auto classes of this process."""
+    config = family.config
+    if config.model_type != f"vitzoo_{family.name}":
+        raise ValueError(f"Family {family.name!r} needs model_type 'vitzoo_{family.name}', not {config.model_type!r}.")
+    AutoConfig.register(config.model_type, config, exist_ok=True)
+    config.register_for_auto_class()
+    AutoImageProcessor.register(config, slow_image_processor_class=VitzooImageProcessor, exist_ok=True)
+    for auto_class, model_class in family.auto_classes.items():
+        auto_class.register(config, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class.__name__)
+    FAMILIES[family.name] = family
+    return family
+
+
+VitzooImageProcessor.register_for_auto_class("AutoImageProcessor")
+register_family(Family("vit", VitzooViTConfig, VitzooViTModel, VitzooViTForImageClassification, VitzooViTBackbone))
+register_family(Family("eva", VitzooEvaConfig, VitzooEvaModel, VitzooEvaForImageClassification, VitzooEvaBackbone))
 
 __all__ = [
+    "AUTO_CLASS_NAMES",
     "FAMILIES",
+    "Family",
+    "VitzooConfig",
     "VitzooEvaBackbone",
     "VitzooEvaConfig",
     "VitzooEvaForImageClassification",
@@ -65,4 +92,5 @@ __all__ = [
     "VitzooViTForImageClassification",
     "VitzooViTModel",
     "VitzooViTPreTrainedModel",
+    "register_family",
 ]

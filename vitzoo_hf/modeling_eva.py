@@ -11,21 +11,26 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-from .compat import BackboneMixin, init
-from .config_common import auto_map  # noqa: F401  (imported directly so every release's loader copies it)
+# Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
+from .common_compat import BackboneMixin, init
+from .common_config import VitzooConfig  # noqa: F401
+from .common_heads import ClassifierHead  # noqa: F401
+from .common_layers import build_norm, to_2tuple
+from .common_modeling import VitzooPreTrainedMixin
 from .configuration_eva import VitzooEvaConfig
-from .encoder import (
-    EncoderBackboneMixin,
-    EncoderModelMixin,
+from .token_config import TokenConfig  # noqa: F401
+from .token_encoder import (
     PatchTokenEmbeddings,
+    TokenBackboneMixin,
+    TokenClassifierMixin,
+    TokenModelMixin,
     TransformerLayer,
-    drop_path_rates,
-    init_encoder_weights,
+    init_token_weights,
+    layer_drop_rates,
     map_pool,
 )
-from .heads import ImageClassifierMixin
-from .layers import MLP_TYPES, AttentionPoolLatent, SelfAttention, build_norm, to_2tuple
-from .rope import RotaryCat, RotaryDinoV3, RotaryMixed
+from .token_layers import MLP_TYPES, AttentionPoolLatent, SelfAttention
+from .token_rope import RotaryCat, RotaryDinoV3, RotaryMixed
 
 
 def _qkv_layout(config: VitzooEvaConfig) -> tuple[str, bool]:
@@ -50,7 +55,7 @@ class VitzooEvaLayer(GradientCheckpointingLayer, TransformerLayer):
             proj_bias=True,
             qk_norm=build_norm(norm_type, head_dim, eps) if config.qk_norm else None,
             k_norm=build_norm(norm_type, head_dim, eps) if config.qk_norm else None,
-            out_norm=build_norm(norm_type, dim, eps) if config.scale_attn_inner else None,
+            out_norm=build_norm(norm_type, dim, eps) if config.scale_attn_norm else None,
             qkv_layout=layout,
             k_bias=k_bias,
             num_kv_heads=config.kv_heads(index),
@@ -105,22 +110,18 @@ def build_rope(config: VitzooEvaConfig) -> nn.Module | None:
     return None
 
 
-class VitzooEvaPreTrainedModel(PreTrainedModel):
+class VitzooEvaPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooEvaConfig
     config: VitzooEvaConfig
     base_model_prefix = "eva"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["PatchTokenEmbeddings", "VitzooEvaLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^head_dist\.", r"^head_pool\."]
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_encoder_weights(module, self.config.initializer_range)
+        init_token_weights(module, self.config.initializer_range)
         if isinstance(module, RotaryMixed):
             init.copy_(module.freqs, module.initial_freqs())
 
@@ -130,7 +131,7 @@ def _map_pool(config: VitzooEvaConfig) -> AttentionPoolLatent:
     return map_pool(config, heads, config.attn_pool_intermediate_size or config.intermediate_size, "gelu")
 
 
-class VitzooEvaModel(EncoderModelMixin, VitzooEvaPreTrainedModel):
+class VitzooEvaModel(TokenModelMixin, VitzooEvaPreTrainedModel):
     """``last_hidden_state`` = timm ``forward_features``; ``pooler_output`` = timm pre-logits."""
 
     def __init__(self, config: VitzooEvaConfig) -> None:
@@ -139,29 +140,29 @@ class VitzooEvaModel(EncoderModelMixin, VitzooEvaPreTrainedModel):
         self.embeddings = PatchTokenEmbeddings(config)
         self.rope = build_rope(config)
         self.norm_pre = build_norm(norm_type, dim, eps) if config.pre_norm else nn.Identity()
-        rates = drop_path_rates(config)
+        rates = layer_drop_rates(config)
         self.blocks = nn.ModuleList(VitzooEvaLayer(config, i, rate) for i, rate in enumerate(rates))
-        self.norm = build_norm(norm_type, dim, eps) if config.final_norm else nn.Identity()
+        self.norm = build_norm(norm_type, dim, eps) if config.use_final_norm else nn.Identity()
         self.attn_pool = _map_pool(config) if config.global_pool == "map" else None
-        self.fc_norm = build_norm(norm_type, dim, eps) if config.fc_norm else nn.Identity()
+        self.fc_norm = build_norm(norm_type, dim, eps) if config.use_fc_norm else nn.Identity()
         self.post_init()
 
 
-class VitzooEvaForImageClassification(ImageClassifierMixin, VitzooEvaPreTrainedModel):
+class VitzooEvaForImageClassification(TokenClassifierMixin, VitzooEvaPreTrainedModel):
     def __init__(self, config: VitzooEvaConfig) -> None:
         super().__init__(config)
         self.eva = VitzooEvaModel(config)
-        self.init_head(config, lambda: _map_pool(config))
+        self.init_token_head(config, lambda: _map_pool(config))
         self.post_init()
         if config.freeze_backbone:
             self.freeze_backbone()
 
 
-class VitzooEvaBackbone(EncoderBackboneMixin, BackboneMixin, VitzooEvaPreTrainedModel):
+class VitzooEvaBackbone(TokenBackboneMixin, BackboneMixin, VitzooEvaPreTrainedModel):
     def __init__(self, config: VitzooEvaConfig) -> None:
         super().__init__(config)
         self.eva = VitzooEvaModel(config)
-        self.init_backbone(config)
+        self.init_token_backbone(config)
         self.post_init()
 
 

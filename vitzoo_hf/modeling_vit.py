@@ -6,24 +6,31 @@ weights. Ships as Hub remote code: imports torch, transformers and sibling files
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 
-from .compat import BackboneMixin
-from .config_common import auto_map  # noqa: F401  (imported directly so every release's loader copies it)
+# Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
+from .common_compat import BackboneMixin
+from .common_config import VitzooConfig  # noqa: F401
+from .common_heads import ClassifierHead
+from .common_layers import build_norm
+from .common_modeling import VitzooPreTrainedMixin
 from .configuration_vit import VitzooViTConfig
-from .encoder import (
-    EncoderBackboneMixin,
-    EncoderModelMixin,
+from .token_config import TokenConfig  # noqa: F401
+from .token_encoder import (
     PatchTokenEmbeddings,
+    TokenBackboneMixin,
+    TokenClassifierMixin,
+    TokenModelMixin,
     TransformerLayer,
-    drop_path_rates,
-    init_encoder_weights,
+    init_token_weights,
+    layer_drop_rates,
     map_pool,
 )
-from .heads import ImageClassifierMixin
-from .layers import MLP_TYPES, AttentionPoolLatent, SelfAttention, build_norm
+from .token_layers import MLP_TYPES, AttentionPoolLatent, SelfAttention
 
 
 class VitzooViTLayer(GradientCheckpointingLayer, TransformerLayer):
@@ -52,27 +59,21 @@ class VitzooViTLayer(GradientCheckpointingLayer, TransformerLayer):
             norm=build_norm(norm_type, norm_width, eps) if config.scale_mlp_norm else None,
             drop=config.hidden_dropout_prob,
         )
-        post_norm = config.block_type == "res_post"
-        super().__init__(config, attn, mlp, drop_path, config.layer_scale_init_value, post_norm=post_norm)
+        super().__init__(config, attn, mlp, drop_path, config.layer_scale_init_value, post_norm=config.post_norm)
 
 
-class VitzooViTPreTrainedModel(PreTrainedModel):
+class VitzooViTPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooViTConfig
     config: VitzooViTConfig
     base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["PatchTokenEmbeddings", "VitzooViTLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # Loading a classification folder into the headless classes leaves the head out, by design.
-    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^head_dist\.", r"^head_pool\."]
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_encoder_weights(module, self.config.initializer_range)
+        init_token_weights(module, self.config.initializer_range)
 
 
 def _map_pool(config: VitzooViTConfig) -> AttentionPoolLatent:
@@ -80,41 +81,55 @@ def _map_pool(config: VitzooViTConfig) -> AttentionPoolLatent:
     return map_pool(config, config.num_attention_heads, config.intermediate_size, config.hidden_act)
 
 
-class VitzooViTModel(EncoderModelMixin, VitzooViTPreTrainedModel):
+class VitzooViTModel(TokenModelMixin, VitzooViTPreTrainedModel):
     """``last_hidden_state`` = timm ``forward_features``; ``pooler_output`` = timm pre-logits."""
 
     def __init__(self, config: VitzooViTConfig) -> None:
         super().__init__(config)
         dim, eps, norm_type = config.hidden_size, config.layer_norm_eps, config.norm_type
-        self.embeddings = PatchTokenEmbeddings(config)
+        self.embeddings = PatchTokenEmbeddings(config, distilled=config.distilled)
         self.norm_pre = build_norm(norm_type, dim, eps) if config.pre_norm else nn.Identity()
-        self.blocks = nn.ModuleList(VitzooViTLayer(config, rate) for rate in drop_path_rates(config))
-        use_fc_norm = config.use_fc_norm
-        self.norm = build_norm(norm_type, dim, eps) if config.final_norm and not use_fc_norm else nn.Identity()
+        self.blocks = nn.ModuleList(VitzooViTLayer(config, rate) for rate in layer_drop_rates(config))
+        self.norm = build_norm(norm_type, dim, eps) if config.use_final_norm else nn.Identity()
         self.attn_pool = _map_pool(config) if config.global_pool == "map" else None
-        self.fc_norm = build_norm(norm_type, dim, eps) if config.final_norm and use_fc_norm else nn.Identity()
+        self.fc_norm = build_norm(norm_type, dim, eps) if config.use_fc_norm else nn.Identity()
         self.post_init()
 
+    def pooled_output(self, last_hidden_state: torch.Tensor) -> torch.Tensor | None:
+        """DeiT's pre-logits average the class and distillation tokens, as timm's distilled model does."""
+        if self.config.distilled:
+            return self.fc_norm((last_hidden_state[:, 0] + last_hidden_state[:, 1]) / 2)
+        return super().pooled_output(last_hidden_state)
 
-class VitzooViTForImageClassification(ImageClassifierMixin, VitzooViTPreTrainedModel):
+
+class VitzooViTForImageClassification(TokenClassifierMixin, VitzooViTPreTrainedModel):
     """A configurable head (linear / MLP / none) over a chosen pooling; DeiT keeps its two averaged heads."""
 
     def __init__(self, config: VitzooViTConfig) -> None:
         super().__init__(config)
         self.vit = VitzooViTModel(config)
-        self.init_head(config, lambda: _map_pool(config))
+        self.init_token_head(config, lambda: _map_pool(config))
+        # DeiT: a second head reads the distillation token and eval logits average both (as timm).
+        two_heads = config.distilled and config.head_type == "linear" and config.head_pooling is None
+        self.head_dist = ClassifierHead(config, config.hidden_size) if two_heads else None
         self.post_init()
         if config.freeze_backbone:
             self.freeze_backbone()
 
+    def classify(self, outputs: BaseModelOutputWithPooling) -> torch.Tensor:
+        if self.head_dist is None:
+            return super().classify(outputs)
+        tokens = outputs.last_hidden_state
+        return (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2
 
-class VitzooViTBackbone(EncoderBackboneMixin, BackboneMixin, VitzooViTPreTrainedModel):
+
+class VitzooViTBackbone(TokenBackboneMixin, BackboneMixin, VitzooViTPreTrainedModel):
     """NCHW feature maps of chosen blocks, equal to timm ``forward_intermediates``."""
 
     def __init__(self, config: VitzooViTConfig) -> None:
         super().__init__(config)
         self.vit = VitzooViTModel(config)
-        self.init_backbone(config)
+        self.init_token_backbone(config)
         self.post_init()
 
 

@@ -1,8 +1,8 @@
-"""The ViT-style encoder shared by the vitzoo families: patch tokens, transformer layers, pooling, outputs.
+"""The encoder of the token families (vit, eva): embeddings, transformer layers, pooling, the three forwards.
 
-A family's modeling file builds its modules (attention flavour, MLP, RoPE) and inherits the forward passes
-from :class:`EncoderModelMixin` and :class:`EncoderBackboneMixin`, so every family returns the same outputs
-with the same options. The config fields read here are shared by all family configs.
+A token family's modeling file builds its modules (attention flavour, MLP, RoPE) and inherits the forward
+passes from :class:`TokenModelMixin`, :class:`TokenClassifierMixin` and :class:`TokenBackboneMixin`, so every
+token family returns the same outputs with the same options. Fields read here are ``TokenConfig``'s.
 """
 
 from __future__ import annotations
@@ -11,29 +11,28 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import AutoBackbone, AutoConfig
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
-from .compat import init, init_backbone
-from .layers import (
-    AttentionPoolLatent,
+from .common_compat import init
+from .common_heads import ImageClassifierMixin
+from .common_layers import (
     DropPath,
     LayerScale,
-    PatchEmbed,
-    SelfAttention,
-    attention_function,
     build_norm,
     check_pixel_values,
+    drop_path_rates,
     init_trunc_normal,
-    resample_abs_pos_embed,
+    output_flags,
     to_2tuple,
 )
+from .common_modeling import VitzooBackboneMixin
+from .token_layers import AttentionPoolLatent, PatchEmbed, SelfAttention, attention_function, resample_abs_pos_embed
 
 
 class PatchTokenEmbeddings(nn.Module):
-    """Patch embedding, prefix tokens (class, distillation, registers) and absolute position embedding."""
+    """Patch embedding, prefix tokens (class, DeiT's distillation token, registers), absolute position embedding."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, distilled: bool = False) -> None:
         super().__init__()
         self.config = config
         self.image_size = to_2tuple(config.image_size)
@@ -44,7 +43,7 @@ class PatchTokenEmbeddings(nn.Module):
         # CLIP-style pre-norm models have no patch-embed bias (timm: bias=not pre_norm).
         self.patch_embed = PatchEmbed(patch_size, config.num_channels, dim, bias=not config.pre_norm, norm=norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.class_token else None
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if getattr(config, "distilled", False) else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distilled else None
         regs = config.num_register_tokens
         self.reg_token = nn.Parameter(torch.zeros(1, regs, dim)) if regs else None
         num_patches = self.grid_size[0] * self.grid_size[1]
@@ -130,8 +129,8 @@ class TransformerLayer(nn.Module):
 
 
 @torch.no_grad()
-def init_encoder_weights(module: nn.Module, std: float) -> None:
-    """Every parameter of the shared encoder, through transformers' guarded init functions so that weights
+def init_token_weights(module: nn.Module, std: float) -> None:
+    """Every parameter of the token encoder, through transformers' guarded init functions so that weights
     loaded from a checkpoint are never overwritten (the loader calls this only for missing ones)."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         init_trunc_normal(init, module.weight, std)
@@ -158,30 +157,11 @@ def init_encoder_weights(module: nn.Module, std: float) -> None:
         init.zeros_(module.v_bias)
 
 
-def drop_path_rates(config) -> list[float]:
-    """timm's linear stochastic-depth rule, in plain Python so models also build on the meta device."""
-    depth = config.num_hidden_layers
-    return [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-
-
 def map_pool(config, num_heads: int, hidden: int, act: str) -> AttentionPoolLatent:
     """Attention pooling with a latent query (SigLIP / PE "map" head)."""
     dim = config.hidden_size
     norm = build_norm(config.norm_type, dim, config.layer_norm_eps)
     return AttentionPoolLatent(config, dim, num_heads, hidden, norm, act)
-
-
-def output_flags(
-    config, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
-) -> tuple[bool, bool, bool]:
-    """Per-call flags, falling back to the config as transformers models do."""
-    if output_attentions is None:
-        output_attentions = getattr(config, "output_attentions", False)
-    if output_hidden_states is None:
-        output_hidden_states = config.output_hidden_states
-    if return_dict is None:
-        return_dict = config.return_dict
-    return bool(output_attentions), bool(output_hidden_states), return_dict
 
 
 def encode(
@@ -207,32 +187,55 @@ def encode(
     return hidden, tuple(states), tuple(attentions), grid
 
 
-def pool(config, last_hidden_state: torch.Tensor, attn_pool: nn.Module | None, fc_norm: nn.Module):
-    """timm ``forward_head(x, pre_logits=True)``: the configured global pool, then fc_norm."""
-    kind = config.global_pool
-    if not kind:
-        return None
-    prefix = config.num_prefix_tokens
-    tokens = last_hidden_state if config.pool_include_prefix else last_hidden_state[:, prefix:]
-    if attn_pool is not None:
-        pooled = attn_pool(tokens)
-    elif getattr(config, "distilled", False):
-        pooled = (last_hidden_state[:, 0] + last_hidden_state[:, 1]) / 2
-    elif kind == "token":
+def layer_drop_rates(config) -> list[float]:
+    return drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+
+
+def pool_tokens(
+    kind: str,
+    last_hidden_state: torch.Tensor,
+    num_prefix_tokens: int,
+    fc_norm: nn.Module,
+    attn_pool: nn.Module | None = None,
+    include_prefix: bool = False,
+) -> torch.Tensor:
+    """timm's ``pool`` then ``fc_norm``, for ``global_pool`` and ``head_pooling`` alike (one vocabulary).
+
+    ``token`` is the class token, ``avg``/``max``/``avgmax`` reduce the patch tokens (with the prefix tokens when
+    ``include_prefix``), ``map`` is attention pooling, ``token_avg`` concatenates ``token`` and ``avg`` (DINOv2's
+    linear-probe input).
+    """
+    if kind == "token_avg":
+        parts = (pool_tokens(k, last_hidden_state, num_prefix_tokens, fc_norm) for k in ("token", "avg"))
+        return torch.cat(list(parts), dim=-1)
+    tokens = last_hidden_state if include_prefix else last_hidden_state[:, num_prefix_tokens:]
+    if kind == "token":
         pooled = last_hidden_state[:, 0]
+    elif kind == "map":
+        pooled = attn_pool(tokens)
     elif kind == "avg":
         pooled = tokens.mean(dim=1)
     elif kind == "max":
         pooled = tokens.amax(dim=1)
-    else:  # avgmax
+    elif kind == "avgmax":
         pooled = 0.5 * (tokens.amax(dim=1) + tokens.mean(dim=1))
+    else:
+        raise ValueError(f"Unknown token pooling {kind!r}; expected token, avg, max, avgmax, map or token_avg.")
     return fc_norm(pooled)
 
 
-class EncoderModelMixin:
-    """Forward of a family's base model: ``last_hidden_state`` = timm ``forward_features``, ``pooler_output``
-    = timm pre-logits. Expects ``embeddings``, ``norm_pre``, ``blocks``, ``norm``, ``attn_pool``, ``fc_norm``
-    (and optionally ``rope``)."""
+class TokenModelMixin:
+    """Forward of a token family's base model: ``last_hidden_state`` = timm ``forward_features``,
+    ``pooler_output`` = timm pre-logits. Expects ``embeddings``, ``norm_pre``, ``blocks``, ``norm``, ``attn_pool``,
+    ``fc_norm`` (and optionally ``rope``)."""
+
+    def pooled_output(self, last_hidden_state: torch.Tensor) -> torch.Tensor | None:
+        """timm ``forward_head(x, pre_logits=True)``: the configured global pool, then fc_norm."""
+        config = self.config
+        if not config.global_pool:
+            return None
+        prefix, include = config.num_prefix_tokens, config.pool_include_prefix
+        return pool_tokens(config.global_pool, last_hidden_state, prefix, self.fc_norm, self.attn_pool, include)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embed
@@ -253,21 +256,38 @@ class EncoderModelMixin:
         last_hidden_state = self.norm(hidden)
         output = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
-            pooler_output=pool(self.config, last_hidden_state, self.attn_pool, self.fc_norm),
+            pooler_output=self.pooled_output(last_hidden_state),
             hidden_states=states if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
 
-class EncoderBackboneMixin:
+class TokenClassifierMixin(ImageClassifierMixin):
+    """``ForImageClassification`` of a token family: every ``head_pooling`` reads the output tokens."""
+
+    def init_token_head(self, config, make_attn_pool: Callable[[], nn.Module]) -> None:
+        """``make_attn_pool`` builds a fresh attention pool, trained for ``head_pooling="map"`` on a model
+        that has none of its own."""
+        pooling = config.head_pooling
+        self.head_pool = make_attn_pool() if pooling == "map" and config.global_pool != "map" else None
+        self.init_head(config, 2 * config.hidden_size if pooling == "token_avg" else config.hidden_size)
+
+    def pool_for_head(self, outputs: BaseModelOutputWithPooling, pooling: str) -> torch.Tensor:
+        encoder = self.base_model
+        attn_pool = self.head_pool if self.head_pool is not None else encoder.attn_pool
+        prefix = self.config.num_prefix_tokens
+        return pool_tokens(pooling, outputs.last_hidden_state, prefix, encoder.fc_norm, attn_pool)
+
+
+class TokenBackboneMixin(VitzooBackboneMixin):
     """NCHW feature maps of chosen blocks, equal to timm ``forward_intermediates``.
 
     Stage ``stem`` is the embedding output, ``stageN`` the output of block N; ``apply_layernorm`` applies the
     model's final norm as timm's ``norm=True`` does. The base model sits at ``base_model_prefix``.
     """
 
-    def init_backbone(self, config) -> None:
+    def init_token_backbone(self, config) -> None:
         """Per-stage widths; token maps (``reshape_hidden_states=False``) need a class token to lead them."""
         if not config.reshape_hidden_states and not config.class_token:
             raise ValueError(
@@ -275,16 +295,7 @@ class EncoderBackboneMixin:
                 "DepthAnything reassemble), but this model has no class token. Use reshape_hidden_states=True for "
                 "NCHW maps (UperNet, Mask2Former, DETR)."
             )
-        init_backbone(self, config)
-        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
-
-    @classmethod
-    def register_auto_classes(cls) -> None:
-        """Teach AutoConfig and AutoBackbone this family in this process, so that transformers' dense models
-        (UperNet, DPT, DepthAnything, Mask2Former, DETR) build it from their ``backbone_config`` and reload it.
-        ``import vitzoo_hf`` does this for every family; this is the same for a folder loaded as remote code."""
-        AutoConfig.register(cls.config_class.model_type, cls.config_class, exist_ok=True)
-        AutoBackbone.register(cls.config_class, cls, exist_ok=True)
+        self.init_backbone(config, [config.hidden_size] * (config.num_hidden_layers + 1))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.embeddings.patch_embed

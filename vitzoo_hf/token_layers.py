@@ -1,8 +1,7 @@
-"""Transformer building blocks shared by the vitzoo families.
+"""Transformer building blocks of the token families (vit, eva): patches, MLPs, attention, attention pooling.
 
-Module and parameter names mirror timm's (``qkv``, ``proj``, ``fc1``, ``ls1.gamma``...) so that converting
-a timm state dict is mostly renaming. This file ships as Hub remote code next to each family's modeling
-file, so it imports only torch and transformers.
+Module and parameter names mirror timm's (``qkv``, ``proj``, ``fc1``...) so that converting a timm state dict is
+mostly renaming. See docs/ARCHITECTURE.md for how the shared files are grouped.
 """
 
 from __future__ import annotations
@@ -14,48 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .compat import attention_interface
-
-
-def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    return int(value[0]), int(value[1])
-
-
-def build_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
-    """LayerNorm or RMSNorm; torch's RMSNorm computes exactly timm's ``x * rsqrt(mean(x^2) + eps) * w``."""
-    if norm_type == "layernorm":
-        return nn.LayerNorm(dim, eps=eps)
-    if norm_type == "rmsnorm":
-        return nn.RMSNorm(dim, eps=eps)
-    raise ValueError(f"Unknown norm_type {norm_type!r}: expected 'layernorm' or 'rmsnorm'.")
-
-
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
-    """Fail early with a readable message instead of a shape error deep inside a convolution."""
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(
-            f"pixel_values must be a torch.Tensor, got {type(pixel_values).__module__}.{type(pixel_values).__name__}. "
-            "Run the images through the model's image processor: AutoImageProcessor.from_pretrained(path, "
-            "trust_remote_code=True)(images, return_tensors='pt')."
-        )
-    if not pixel_values.is_floating_point():
-        raise TypeError(
-            f"pixel_values has dtype {pixel_values.dtype}: raw image values? The model expects normalised floats; "
-            "run the images through the model's image processor (AutoImageProcessor.from_pretrained(path, "
-            "trust_remote_code=True)), which scales and normalises them."
-        )
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values must be a 4D tensor (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
-        )
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} "
-            f"(config.num_channels). Convert the images (e.g. to RGB) or build the model with num_channels="
-            f"{pixel_values.shape[1]}."
-        )
+from .common_compat import attention_interface
 
 
 def rotate(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
@@ -110,31 +68,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(pixel_values.to(self.proj.weight.dtype))
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, init_value: float) -> None:
-        super().__init__()
-        self.init_value = init_value
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops whole residual branches per sample while training."""
-
-    def __init__(self, drop_prob: float) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class Mlp(nn.Module):
@@ -295,7 +228,7 @@ class SelfAttention(nn.Module):
         self.k_norm = k_norm if k_norm is not None else nn.Identity()
         self.norm = out_norm if out_norm is not None else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        self.proj_drop = nn.Dropout(getattr(config, "hidden_dropout_prob", 0.0))
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, _ = x.shape
@@ -363,8 +296,3 @@ class AttentionPoolLatent(nn.Module):
         out = self.proj(out.reshape(batch, 1, dim))
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
-
-
-def init_trunc_normal(init, tensor: torch.Tensor, std: float) -> None:
-    """Truncated normal at +-2 std, the init timm and transformers use for ViT weights."""
-    init.trunc_normal_(tensor, mean=0.0, std=std, a=-2 * std, b=2 * std)
