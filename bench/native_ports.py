@@ -1,4 +1,4 @@
-"""The same timm weights in transformers' native ports (ViTModel, Dinov2Model, DINOv3ViTModel), for benchmarks.
+"""The same timm weights in transformers' native ports (ViT, DINOv2, DINOv3, ConvNeXt(-V2), DINOv3 ConvNeXt).
 
 Each builder returns a native model holding a timm model's weights; the benchmark checks its outputs against
 timm before timing anything.
@@ -7,7 +7,20 @@ timm before timing anything.
 from __future__ import annotations
 
 import torch
-from transformers import Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel, ViTConfig, ViTModel
+from transformers import (
+    ConvNextConfig,
+    ConvNextModel,
+    ConvNextV2Config,
+    ConvNextV2Model,
+    Dinov2Config,
+    Dinov2Model,
+    DINOv3ConvNextConfig,
+    DINOv3ConvNextModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+    ViTConfig,
+    ViTModel,
+)
 
 
 def _split_qkv(state: dict, prefix: str, out: dict, target: str) -> None:
@@ -123,3 +136,84 @@ PORTS = {"vit": vit, "dinov2": dinov2, "dinov3": dinov3}
 @torch.no_grad()
 def native_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=pixel_values).last_hidden_state
+
+
+def _convnext_state(timm_model, stage_prefix: str, names: dict[str, str], stem_in_stage0: bool) -> dict:
+    """timm ConvNeXt weights in the naming of transformers' ConvNeXt ports (``names``: our module -> theirs)."""
+    state, out = timm_model.state_dict(), {}
+    for key, value in state.items():
+        if key.startswith("head.fc."):
+            continue
+        parts = key.split(".")
+        if parts[0] == "stem":
+            target = (
+                f"{stage_prefix}.0.downsample_layers.{parts[1]}.{parts[2]}"
+                if stem_in_stage0
+                else f"embeddings.{'patch_embeddings' if parts[1] == '0' else 'layernorm'}.{parts[2]}"
+            )
+        elif parts[0] == "stages" and parts[2] == "downsample":
+            target = f"{stage_prefix}.{parts[1]}.{names['downsample']}.{parts[3]}.{parts[4]}"
+        elif parts[0] == "stages":
+            leaf = ".".join(parts[4:])
+            for ours, theirs in names.items():
+                leaf = leaf.replace(ours, theirs) if leaf.startswith(ours) else leaf
+            target = f"{stage_prefix}.{parts[1]}.layers.{parts[3]}.{leaf}"
+        elif parts[0] == "head" and parts[1] == "norm":
+            target = f"{names['final_norm']}.{parts[2]}"
+        else:
+            raise KeyError(f"no native name for {key}")
+        out[target] = value.reshape(1, 1, 1, -1) if target.endswith(("grn.weight", "grn.bias")) else value
+    return out
+
+
+CONVNEXT_NAMES = {
+    "downsample": "downsampling_layer",
+    "conv_dw": "dwconv",
+    "norm": "layernorm",
+    "mlp.fc1": "pwconv1",
+    "mlp.fc2": "pwconv2",
+    "mlp.grn": "grn",
+    "gamma": "layer_scale_parameter",
+    "final_norm": "layernorm",
+}
+
+
+def convnext(timm_model, attn: str | None = None):
+    """timm ``convnext_*`` / ``convnextv2_*`` (channels-last Linear MLPs) -> transformers ConvNextModel or
+    ConvNextV2Model (GRN)."""
+    stages = timm_model.stages
+    kwargs = dict(
+        depths=[len(s.blocks) for s in stages],
+        hidden_sizes=[s.blocks[0].conv_dw.out_channels for s in stages],
+        layer_norm_eps=stages[0].blocks[0].norm.eps,
+    )
+    grn = hasattr(stages[0].blocks[0].mlp, "grn")
+    model = ConvNextV2Model(ConvNextV2Config(**kwargs)) if grn else ConvNextModel(ConvNextConfig(**kwargs))
+    names = {k: v for k, v in CONVNEXT_NAMES.items() if not (grn and k == "gamma")}
+    model.load_state_dict(_convnext_state(timm_model, "encoder.stages", names, False), strict=True)
+    return model.eval()
+
+
+def dinov3_convnext(timm_model, attn: str | None = None) -> DINOv3ConvNextModel:
+    """timm ``convnext_*.dinov3_lvd1689m`` -> transformers DINOv3ConvNextModel."""
+    stages = timm_model.stages
+    config = DINOv3ConvNextConfig(
+        depths=[len(s.blocks) for s in stages],
+        hidden_sizes=[s.blocks[0].conv_dw.out_channels for s in stages],
+        layer_norm_eps=stages[0].blocks[0].norm.eps,
+    )
+    model = DINOv3ConvNextModel(config)
+    names = {
+        "downsample": "downsample_layers",
+        "conv_dw": "depthwise_conv",
+        "norm": "layer_norm",
+        "mlp.fc1": "pointwise_conv1",
+        "mlp.fc2": "pointwise_conv2",
+        "gamma": "gamma",
+        "final_norm": "layer_norm",
+    }
+    model.load_state_dict(_convnext_state(timm_model, "model.stages", names, True), strict=True)
+    return model.eval()
+
+
+PORTS.update(convnext=convnext, dinov3_convnext=dinov3_convnext)

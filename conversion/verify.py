@@ -56,7 +56,7 @@ with torch.no_grad():
             outputs[f"{name}.pooler_output"] = out.pooler_output
         if classifier is not None:
             outputs[f"{name}.logits"] = classifier(pixel_values, **call).logits
-save_file({k: v.clone() for k, v in outputs.items()}, outputs_path)  # views share storage
+save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in outputs.items()}, outputs_path)
 """
 
 

@@ -86,6 +86,25 @@ EVA_VARIANTS: dict[str, tuple[str, dict]] = {
     "lingbot": ("vit_base_patch16_lingbot", {}),
 }
 
+# ConvNeXt: timm's own entrypoints (their flags), shrunk to depths (1, 1, 2, 1) and small widths; 7 classes.
+TINY_CONVNEXT = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 48), num_classes=7)
+CONVNEXT_VARIANTS: dict[str, tuple[str, dict]] = {
+    "convnext": ("convnext_tiny", {}),
+    "ols_tiered_stem": ("convnext_atto_ols", {}),
+    "ols_overlap_stem": ("convnext_nano_ols", {}),
+    "zepto_simplenorm_act_stem": ("convnext_zepto_rms_ols", {}),
+    "rmsnorm_conv_mlp": ("convnext_atto_rms", {}),
+    "v2_grn_conv_mlp": ("convnextv2_atto", {}),
+    "v2_grn_linear": ("convnextv2_tiny", {}),
+    "head_norm_first": ("convnext_tiny_hnf", {}),
+    "mlp_head": ("convnext_large_mlp", {"head_hidden_size": 40}),
+    "kernels_silu_no_bias": ("test_convnext3", {"conv_bias": False, "dims": (16, 24, 32, 48)}),
+    "gelu_tanh_eps": ("test_convnext", {"dims": (16, 24, 32, 48)}),
+    "no_layer_scale_max_pool": ("convnext_tiny", {"ls_init_value": None, "global_pool": "max"}),
+    "patch2_avgmax": ("convnext_tiny", {"patch_size": 2, "global_pool": "avgmax"}),
+    "headless_dinov3": ("convnext_tiny", {"num_classes": 0}),
+}
+
 
 @torch.no_grad()
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -100,10 +119,15 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> torch.nn.Module:
-    """A tiny perturbed timm model of a vit or eva variant, in eval mode."""
+    """A tiny perturbed timm model of a vit, eva or convnext variant, in eval mode (``dynamic``: token families
+    built to run at any size)."""
     if variant in VIT_VARIANTS:
         name, overrides = VIT_VARIANTS[variant]
         kwargs = {**TINY, **overrides, **extra}
+    elif variant in CONVNEXT_VARIANTS:
+        name, overrides = CONVNEXT_VARIANTS[variant]
+        kwargs = {**TINY_CONVNEXT, **overrides, **extra}
+        dynamic = False
     else:
         name, overrides = EVA_VARIANTS[variant]
         kwargs = {**TINY_EVA, **overrides, **extra}
@@ -123,7 +147,8 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
         # timm's model(x) without a classifier is the pooled output: our head_type "none", one logit per feature.
         config_overrides = {"head_type": "none", "num_labels": timm_model.num_features, **config_overrides}
     config = family.config_from_timm(timm_model, **config_overrides)
-    config._attn_implementation = attn
+    if family.model._supports_sdpa:  # token families; convolutional ones have no attention to choose
+        config._attn_implementation = attn
     model = getattr(family, role)(config)
     with_head = role == "classifier"
     state = family.convert_state_dict(timm_model.state_dict(), with_head=with_head)

@@ -8,6 +8,10 @@ import torch
 
 from tests import transformers_suite
 from vitzoo_hf import (
+    VitzooConvNextBackbone,
+    VitzooConvNextConfig,
+    VitzooConvNextForImageClassification,
+    VitzooConvNextModel,
     VitzooEvaBackbone,
     VitzooEvaConfig,
     VitzooEvaForImageClassification,
@@ -19,7 +23,11 @@ from vitzoo_hf import (
 )
 
 transformers_suite.load()
-for prefix, model_type in (("VitzooViT", "vitzoo_vit"), ("VitzooEva", "vitzoo_eva")):
+for prefix, model_type in (
+    ("VitzooViT", "vitzoo_vit"),
+    ("VitzooEva", "vitzoo_eva"),
+    ("VitzooConvNext", "vitzoo_convnext"),
+):
     transformers_suite.register_model_names(
         model_type, f"{prefix}Model", f"{prefix}ForImageClassification", f"{prefix}Backbone"
     )
@@ -183,3 +191,111 @@ class VitzooEvaRopeMixedMapTest(VitzooEvaDinoV3Test):
 class VitzooEvaBackboneTest(VitzooViTBackboneTest):
     all_model_classes = (VitzooEvaBackbone,)
     config_class = VitzooEvaConfig
+
+
+class ConvNextModelTester:
+    """Tiny ConvNeXt for the suite (4 stages; hidden states are NCHW maps, checked by the test class itself)."""
+
+    def __init__(self, parent, **overrides) -> None:
+        self.parent = parent
+        self.batch_size = 3
+        self.is_training = True
+        self.image_size = 32
+        self.num_channels = 3
+        self.num_labels = 5
+        self.overrides = overrides
+
+    def get_config(self) -> VitzooConvNextConfig:
+        return VitzooConvNextConfig(
+            image_size=self.image_size,
+            num_channels=self.num_channels,
+            depths=[1, 1, 2, 1],
+            hidden_sizes=[8, 16, 24, 32],
+            num_labels=self.num_labels,
+            out_features=["stage2", "stage3"],
+            **self.overrides,
+        )
+
+    def prepare_config_and_inputs_for_common(self):
+        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
+        return self.get_config(), {"pixel_values": pixel_values}
+
+    def prepare_config_and_inputs(self):
+        config, inputs = self.prepare_config_and_inputs_for_common()
+        labels = torch.randint(0, self.num_labels, (self.batch_size,))
+        return config, inputs["pixel_values"], labels
+
+
+class VitzooConvNextModelTest(ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (VitzooConvNextModel, VitzooConvNextForImageClassification, VitzooConvNextBackbone)
+    config_class = VitzooConvNextConfig
+    test_resize_embeddings = False
+    test_torch_exportable = True
+    test_can_init_all_missing_weights_before_2023 = True
+    has_attentions = False
+    overrides: dict = {}
+
+    def setUp(self) -> None:
+        self.model_tester = ConvNextModelTester(self, **self.overrides)
+        self.config_tester = ConfigTester(
+            self,
+            config_class=self.config_class,
+            has_text_modality=False,
+            common_properties=["num_channels", "hidden_sizes", "depths"],
+        )
+
+    def test_config(self) -> None:
+        self.config_tester.run_common_tests()
+
+    def test_model_get_set_embeddings(self) -> None:
+        """The input embedding of a CNN is its stem (a conv first), and there are no output embeddings."""
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config)
+            self.assertIsInstance(model.get_input_embeddings()[0], torch.nn.Conv2d)
+            self.assertIsNone(model.get_output_embeddings())
+
+    def test_hidden_states_output(self) -> None:
+        """As transformers' own CNN tests: hidden states are the stem's map then each stage's, NCHW, with each
+        stage's channels and stride; asked per call or through the config."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        expected = [(8, 8, 8), (8, 8, 8), (16, 4, 4), (24, 2, 2), (32, 1, 1)]
+        for model_class in self.all_model_classes:
+            for through_config in (False, True):
+                config.output_hidden_states = through_config
+                model = model_class(config).eval()
+                with torch.no_grad():
+                    out = model(**inputs, output_hidden_states=None if through_config else True)
+                self.assertEqual([tuple(h.shape[1:]) for h in out.hidden_states], expected)
+            config.output_hidden_states = False
+
+    def test_model_outputs_shapes(self) -> None:
+        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
+        model = VitzooConvNextForImageClassification(config).eval()
+        with torch.no_grad():
+            out = model(pixel_values, labels=labels)
+        self.assertEqual(out.logits.shape, (self.model_tester.batch_size, self.model_tester.num_labels))
+        self.assertTrue(torch.isfinite(out.loss))
+
+
+class VitzooConvNextV2OverlapTest(VitzooConvNextModelTest):
+    """A second flag set: ConvNeXt-V2 (GRN, no LayerScale), conv MLP, overlapping stem, RMSNorm, MLP head."""
+
+    overrides = dict(
+        use_grn=True,
+        layer_scale_init_value=None,
+        conv_mlp=True,
+        stem_type="overlap_act",
+        stem_mid_channels=4,
+        norm_type="rmsnorm",
+        head_hidden_size=12,
+    )
+
+
+class VitzooConvNextBackboneTest(BackboneTesterMixin, unittest.TestCase):
+    all_model_classes = (VitzooConvNextBackbone,)
+    config_class = VitzooConvNextConfig
+    has_attentions = False
+
+    def setUp(self) -> None:
+        self.model_tester = ConvNextModelTester(self)

@@ -62,13 +62,29 @@ TOKEN_FILES = [
     "token_encoder.py",
     "token_layers.py",
 ]
+STAGE_FILES = [
+    "common_compat.py",
+    "common_config.py",
+    "common_heads.py",
+    "common_layers.py",
+    "common_modeling.py",
+    "image_processing_vitzoo.py",
+    "stage_config.py",
+    "stage_layers.py",
+    "stage_modeling.py",
+]
 FAMILY_FILES = {
     "vit": sorted([*TOKEN_FILES, "configuration_vit.py", "modeling_vit.py"]),
     "eva": sorted([*TOKEN_FILES, "configuration_eva.py", "modeling_eva.py", "token_rope.py"]),
+    "convnext": sorted([*STAGE_FILES, "configuration_convnext.py", "modeling_convnext.py"]),
 }
 
 
-@pytest.fixture(scope="module", params=[("vit", "dinov2_reg"), ("eva", "dinov3"), ("eva", "rope_mixed")], ids=str)
+@pytest.fixture(
+    scope="module",
+    params=[("vit", "dinov2_reg"), ("eva", "dinov3"), ("eva", "rope_mixed"), ("convnext", "convnext")],
+    ids=str,
+)
 def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module, str]:
     family, variant = request.param
     folder = tmp_path_factory.mktemp("saved") / f"tiny-{variant}"
@@ -78,7 +94,7 @@ def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Mo
 
 def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
     folder, _, _, family = saved
-    prefix = {"vit": "VitzooViT", "eva": "VitzooEva"}[family]
+    prefix = {"vit": "VitzooViT", "eva": "VitzooEva", "convnext": "VitzooConvNext"}[family]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == f"vitzoo_{family}"
     assert config["architectures"] == [f"{prefix}ForImageClassification"]
@@ -186,7 +202,7 @@ def test_from_pretrained_builds_on_meta_and_matches_timm(saved, monkeypatch) -> 
 
     def spy(self, config) -> None:
         original(self, config)
-        devices.append(self.embeddings.patch_embed.proj.weight.device.type)
+        devices.append(next(self.parameters()).device.type)
 
     monkeypatch.setattr(base_class, "__init__", spy)
     loaded = type(model).from_pretrained(folder).eval()

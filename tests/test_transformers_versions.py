@@ -26,7 +26,7 @@ from tests.helpers import save_tiny_folder
 from tests.transformers_envs import CI_VERSIONS, ROOT, transformers_python
 
 VERSIONS = tuple(os.environ.get("VITZOO_TRANSFORMERS_MATRIX", ",".join(CI_VERSIONS)).split(","))
-VARIANTS = {"vit": "dinov2_reg", "eva": "dinov3", "eva_mixed": "rope_mixed"}
+VARIANTS = {"vit": "dinov2_reg", "eva": "dinov3", "eva_mixed": "rope_mixed", "convnext": "v2_grn_conv_mlp"}
 
 CHILD = r"""
 import json, sys
@@ -42,20 +42,21 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 folder, io_dir = sys.argv[1], sys.argv[2]
 x = load_file(f"{io_dir}/inputs.safetensors")["pixel_values"]
 out, info = {}, {"version": transformers.__version__}
+auto_map = AutoConfig.from_pretrained(folder, trust_remote_code=True).auto_map
+attention = get_class_from_dynamic_module(auto_map["AutoModel"], folder)._supports_sdpa  # CNNs have none
 with torch.no_grad():
-    for attn in ("eager", "sdpa"):
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True, attn_implementation=attn).eval()
+    for attn in ("eager", "sdpa") if attention else ("none",):
+        choice = {"attn_implementation": attn} if attention else {}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True, **choice).eval()
         base = model(x, output_hidden_states=True)
         out[f"{attn}.last_hidden_state"], out[f"{attn}.pooler_output"] = base.last_hidden_state, base.pooler_output
         out[f"{attn}.hidden_state_1"] = base.hidden_states[1]
         big = torch.nn.functional.pad(x, (0, 16, 0, 8))
         out[f"{attn}.interpolated"] = model(big, interpolate_pos_encoding=True).last_hidden_state
-        classifier = AutoModelForImageClassification.from_pretrained(
-            folder, trust_remote_code=True, attn_implementation=attn
-        ).eval()
+        classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, **choice).eval()
         out[f"{attn}.logits"] = classifier(x).logits
-    out["attentions"] = model(x, output_attentions=True).attentions[-1]
-    auto_map = AutoConfig.from_pretrained(folder, trust_remote_code=True).auto_map
+    if attention:
+        out["attentions"] = model(x, output_attentions=True).attentions[-1]
     backbone_class = get_class_from_dynamic_module(auto_map["AutoBackbone"], folder)
     backbone = backbone_class.from_pretrained(folder, out_indices=[1, 2]).eval()
     out["map_0"], out["map_1"] = backbone(x).feature_maps

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .common_config import AUTO_CLASS_NAMES, VitzooConfig
+from .configuration_convnext import VitzooConvNextConfig
 from .configuration_eva import VitzooEvaConfig
 from .configuration_vit import VitzooViTConfig
 from .image_processing_vitzoo import VitzooImageProcessor
+from .modeling_convnext import (
+    VitzooConvNextBackbone,
+    VitzooConvNextForImageClassification,
+    VitzooConvNextModel,
+    VitzooConvNextPreTrainedModel,
+)
 from .modeling_eva import (
     VitzooEvaBackbone,
     VitzooEvaForImageClassification,
@@ -75,12 +82,26 @@ def register_family(family: Family) -> Family:
 VitzooImageProcessor.register_for_auto_class("AutoImageProcessor")
 register_family(Family("vit", VitzooViTConfig, VitzooViTModel, VitzooViTForImageClassification, VitzooViTBackbone))
 register_family(Family("eva", VitzooEvaConfig, VitzooEvaModel, VitzooEvaForImageClassification, VitzooEvaBackbone))
+register_family(
+    Family(
+        "convnext",
+        VitzooConvNextConfig,
+        VitzooConvNextModel,
+        VitzooConvNextForImageClassification,
+        VitzooConvNextBackbone,
+    )
+)
 
 __all__ = [
     "AUTO_CLASS_NAMES",
     "FAMILIES",
     "Family",
     "VitzooConfig",
+    "VitzooConvNextBackbone",
+    "VitzooConvNextConfig",
+    "VitzooConvNextForImageClassification",
+    "VitzooConvNextModel",
+    "VitzooConvNextPreTrainedModel",
     "VitzooEvaBackbone",
     "VitzooEvaConfig",
     "VitzooEvaForImageClassification",

@@ -1,0 +1,212 @@
+"""The ``vitzoo_convnext`` family: timm's ConvNeXt line as transformers models.
+
+Numerically equal to timm (``forward_features``, pre-logits, logits, stage outputs) on the same weights, at any
+input size timm takes (each stride-2 step floors, as timm's convolutions do). Module names mirror timm's. Ships
+as Hub remote code: imports torch, transformers and sibling files only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
+
+# Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
+from .common_compat import BackboneMixin, init
+from .common_config import VitzooConfig  # noqa: F401
+from .common_heads import ClassifierHead  # noqa: F401
+from .common_layers import DropPath
+from .common_modeling import VitzooPreTrainedMixin
+from .configuration_convnext import VitzooConvNextConfig
+from .stage_config import StageConfig  # noqa: F401
+from .stage_layers import ChannelNorm
+from .stage_modeling import (
+    StageBackboneMixin,
+    StageClassifierMixin,
+    StageModelMixin,
+    block_drop_rates,
+    init_stage_weights,
+)
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN: channels scaled by their spatial L2 norm relative to the mean over channels."""
+
+    def __init__(self, dim: int, channels_last: bool, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial_dim, self.channel_dim = ((1, 2), -1) if channels_last else ((2, 3), 1)
+        self.shape = (1, 1, 1, -1) if channels_last else (1, -1, 1, 1)
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.norm(p=2, dim=self.spatial_dim, keepdim=True)
+        scale = norm / (norm.mean(dim=self.channel_dim, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(self.shape), self.weight.view(self.shape), x * scale)
+
+
+class ConvNextMlp(nn.Module):
+    """fc1 -> act -> (GRN) -> fc2, as Linear layers on channels-last tensors or 1x1 convs on NCHW maps."""
+
+    def __init__(self, config: VitzooConvNextConfig, dim: int) -> None:
+        super().__init__()
+        hidden = int(config.mlp_ratio * dim)
+        conv = config.conv_mlp
+        self.fc1 = nn.Conv2d(dim, hidden, 1) if conv else nn.Linear(dim, hidden)
+        self.act = ACT2FN[config.hidden_act]
+        self.grn = GlobalResponseNorm(hidden, channels_last=not conv) if config.use_grn else None
+        self.fc2 = nn.Conv2d(hidden, dim, 1) if conv else nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc1(x))
+        if self.grn is not None:
+            x = self.grn(x)
+        return self.fc2(x)
+
+
+class VitzooConvNextBlock(nn.Module):
+    """Depthwise conv -> norm -> MLP -> LayerScale (``gamma``) -> drop path, plus the residual (timm
+    ``ConvNeXtBlock``)."""
+
+    def __init__(self, config: VitzooConvNextConfig, dim: int, kernel_size: int, drop_path: float) -> None:
+        super().__init__()
+        self.conv_mlp = config.conv_mlp
+        padding = kernel_size // 2
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=padding, groups=dim, bias=config.conv_bias)
+        self.norm = ChannelNorm(config.norm_type, dim, config.layer_norm_eps, channels_last=not config.conv_mlp)
+        self.mlp = ConvNextMlp(config, dim)
+        scale = config.layer_scale_init_value
+        self.gamma = nn.Parameter(torch.full((dim,), float(scale))) if scale is not None else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_dw(x)
+        # timm's order: NCHW throughout with conv MLPs, else channels-last around the norm and Linear MLP.
+        x = self.mlp(self.norm(x)) if self.conv_mlp else self.mlp(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        if self.gamma is not None:
+            x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        return self.drop_path(x) + shortcut
+
+
+class VitzooConvNextStage(GradientCheckpointingLayer):
+    """(norm -> 2x2 stride-2 conv when the stage downsamples or widens) then the stage's blocks."""
+
+    def __init__(self, config: VitzooConvNextConfig, index: int, drop_rates: list[float]) -> None:
+        super().__init__()
+        widths = [config.hidden_sizes[0], *config.hidden_sizes]
+        in_dim, dim, stride = widths[index], widths[index + 1], config.stage_strides[index]
+        if stride > 1 or in_dim != dim:
+            norm = ChannelNorm(config.norm_type, in_dim, config.layer_norm_eps)
+            kernel = 2 if stride > 1 else 1
+            self.downsample = nn.Sequential(norm, nn.Conv2d(in_dim, dim, kernel, stride=stride, bias=config.conv_bias))
+        else:
+            self.downsample = nn.Identity()
+        kernel_size = config.kernel_sizes[index]
+        self.blocks = nn.Sequential(*(VitzooConvNextBlock(config, dim, kernel_size, rate) for rate in drop_rates))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+def build_stem(config: VitzooConvNextConfig) -> nn.Sequential:
+    """timm's patch stem (one strided conv + norm) or overlapping stem (two 3x3 stride-2 convs, an activation
+    between them for ``overlap_act``)."""
+    dim, bias = config.hidden_sizes[0], config.conv_bias
+    norm = ChannelNorm(config.norm_type, dim, config.layer_norm_eps)
+    if config.stem_type == "patch":
+        patch = config.patch_size
+        return nn.Sequential(nn.Conv2d(config.num_channels, dim, patch, stride=patch, bias=bias), norm)
+    mid = config.stem_mid_channels or dim
+    layers = [nn.Conv2d(config.num_channels, mid, 3, stride=2, padding=1, bias=bias)]
+    if config.stem_type == "overlap_act":
+        layers.append(ACT2FN[config.hidden_act])
+    layers += [nn.Conv2d(mid, dim, 3, stride=2, padding=1, bias=bias), norm]
+    return nn.Sequential(*layers)
+
+
+class ConvNextPreLogits(nn.Module):
+    """timm ``NormMlpClassifierHead`` up to its classifier: norm of the pooled vector, then the MLP if any."""
+
+    def __init__(self, config: VitzooConvNextConfig) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[-1]
+        norm = ChannelNorm(config.norm_type, dim, config.layer_norm_eps, channels_last=True)
+        self.norm = nn.Identity() if config.head_norm_first else norm
+        hidden = config.head_hidden_size
+        self.fc = nn.Linear(dim, hidden) if hidden else None
+        self.act = nn.GELU() if hidden else None
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        pooled = self.norm(pooled)
+        return self.act(self.fc(pooled)) if self.fc is not None else pooled
+
+
+class VitzooConvNextPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
+    config_class = VitzooConvNextConfig
+    config: VitzooConvNextConfig
+    base_model_prefix = "convnext"
+    _no_split_modules = ["VitzooConvNextStage"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_stage_weights(module, self.config.initializer_range)
+        if isinstance(module, ChannelNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, GlobalResponseNorm):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VitzooConvNextBlock) and module.gamma is not None:
+            init.constant_(module.gamma, self.config.layer_scale_init_value)
+
+
+class VitzooConvNextModel(StageModelMixin, VitzooConvNextPreTrainedModel):
+    """``last_hidden_state`` = timm ``forward_features`` (NCHW); ``pooler_output`` = timm pre-logits;
+    ``hidden_states`` = the stem then each stage."""
+
+    def __init__(self, config: VitzooConvNextConfig) -> None:
+        super().__init__(config)
+        self.stem = build_stem(config)
+        rates = block_drop_rates(config)
+        self.stages = nn.ModuleList(VitzooConvNextStage(config, i, rates[i]) for i in range(len(config.depths)))
+        last = config.hidden_sizes[-1]
+        self.norm = (
+            ChannelNorm(config.norm_type, last, config.layer_norm_eps) if config.head_norm_first else nn.Identity()
+        )
+        self.pre_logits = ConvNextPreLogits(config)
+        self.post_init()
+
+
+class VitzooConvNextForImageClassification(StageClassifierMixin, VitzooConvNextPreTrainedModel):
+    """A configurable head (linear / MLP / none) over the pooled pre-logits."""
+
+    def __init__(self, config: VitzooConvNextConfig) -> None:
+        super().__init__(config)
+        self.convnext = VitzooConvNextModel(config)
+        self.init_head(config, config.pooled_width)
+        self.post_init()
+        if config.freeze_backbone:
+            self.freeze_backbone()
+
+
+class VitzooConvNextBackbone(StageBackboneMixin, BackboneMixin, VitzooConvNextPreTrainedModel):
+    """NCHW maps of chosen stages (strides 4, 4, 8, 16, 32 for stem, stage1..4), equal to timm
+    ``forward_intermediates`` / ``features_only``."""
+
+    def __init__(self, config: VitzooConvNextConfig) -> None:
+        super().__init__(config)
+        self.convnext = VitzooConvNextModel(config)
+        self.init_stage_backbone(config)
+        self.post_init()
+
+
+__all__ = [
+    "VitzooConvNextBackbone",
+    "VitzooConvNextForImageClassification",
+    "VitzooConvNextModel",
+    "VitzooConvNextPreTrainedModel",
+]
