@@ -6,9 +6,10 @@ head, then save the adapter, reload it onto the base model, and merge it into th
 Target module names (the same in every family, mirroring timm):
   attention  `qkv` (fused) or `q_proj`, `k_proj`, `v_proj` (separate: EVA02-CLIP, Perception Encoder, Sapiens2),
              and the output projection `proj`
-  MLP        `fc1`, `fc2`; SwiGLU with separate gate: `fc1_g`, `fc1_x`, `fc2`
-The regular expression below picks those inside the transformer blocks only (`proj` alone would also match the
-patch embedding convolution and the attention-pool head).
+  MLP        `fc1`, `fc2`; SwiGLU with separate gate: `fc1_g`, `fc1_x`, `fc2`; ConvNeXt's pointwise `mlp.fc1`,
+             `mlp.fc2` (Linear layers, or 1x1 convolutions in the `conv_mlp` models: PEFT adapts both)
+The regular expression below picks those inside the blocks only (`proj` alone would also match the patch embedding
+convolution and the attention-pool head; ConvNeXt's depthwise `conv_dw` is left as it is).
 
 Prints one JSON line: trainable parameter share, losses, accuracy, and the largest output difference between the
 trained adapter, the reloaded adapter and the merged model.

@@ -78,7 +78,11 @@ def test_toy_folder_has_both_splits_and_varied_sizes(toy: Path) -> None:
     assert len(sizes) > 1
 
 
-@pytest.mark.parametrize(("variant", "headless"), [("dinov2_reg", False), ("dinov3", True)], ids=["head", "headless"])
+@pytest.mark.parametrize(
+    ("variant", "headless"),
+    [("dinov2_reg", False), ("dinov3", True), ("convnext", False)],
+    ids=["head", "headless", "cnn"],
+)
 def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path, variant, headless) -> None:
     """On a folder with a 7-class head (replaced) and on a headless one (a head is created), as README shows."""
     model, _, _ = folders(variant, headless)
@@ -91,7 +95,7 @@ def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, t
     saved = Path(summary["saved"])
     config = json.loads((saved / "config.json").read_text())
     assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}
-    code = "modeling_eva.py" if variant == "dinov3" else "modeling_vit.py"
+    code = {"dinov3": "modeling_eva.py", "convnext": "modeling_convnext.py"}.get(variant, "modeling_vit.py")
     assert {code, "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
 
 
@@ -157,6 +161,8 @@ def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, t
         ("dinov2_reg-headless", ["fc1", "fc2", "proj", "qkv"]),
         ("eva_giant_abs_pos", ["fc1", "fc2", "proj", "qkv"]),  # fused qkv with q/v bias
         ("eva02_clip_scale_attn", ["fc1_g", "fc1_x", "fc2", "k_proj", "proj", "q_proj", "v_proj"]),
+        ("convnext", ["fc1", "fc2"]),  # Linear pointwise layers
+        ("v2_grn_conv_mlp", ["fc1", "fc2"]),  # 1x1 convolutions
     ],
 )
 def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf_home, tmp_path) -> None:
@@ -177,26 +183,33 @@ def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf
 
 @pytest.mark.parametrize(
     ("variant", "task"),
-    [("dinov2_reg", "image-classification"), ("dinov3", "feature-extraction"), ("eva02_mim", "feature-extraction")],
+    [
+        ("dinov2_reg", "image-classification"),
+        ("dinov3", "feature-extraction"),
+        ("eva02_mim", "feature-extraction"),
+        ("convnext", "image-classification"),
+    ],
 )
 def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_home, tmp_path) -> None:
     folder, _, _ = folders(variant)
     path = tmp_path / "model.onnx"
-    sizes = ["32", "48x40", "24x56"]
+    sizes = ["32", "48x40", "24x56"] if variant != "convnext" else ["32", "64x96", "96x64"]
     summary = run_example(
         "compile_and_export.py", "--model", str(folder), "--onnx", str(path), "--task", task, "--sizes", *sizes,
         hf_home=hf_home,
     )  # fmt: skip
-    assert sorted(summary["compile_max_abs_diff"]) == ["24x56", "32x32", "48x40"]
+    expected_sizes = sorted(f"{s}x{s}" if "x" not in s else s for s in sizes)
+    assert sorted(summary["compile_max_abs_diff"]) == expected_sizes
     assert max(summary["compile_max_abs_diff"].values()) < 1e-5
     # one graph, run at three batch sizes and three image sizes: tolerance 1e-4 (contract 4), measured ~2e-6
-    assert sorted(summary["onnx_max_abs_diff"]) == ["1x32x32", "2x48x40", "3x24x56"]
+    batches = [f"{i + 1}x{s}x{s}" if "x" not in s else f"{i + 1}x{s}" for i, s in enumerate(sizes)]
+    assert sorted(summary["onnx_max_abs_diff"]) == sorted(batches)
     assert max(summary["onnx_max_abs_diff"].values()) < 1e-4
     graph_input = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in graph_input] == [True, False, True, True]
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map", "convnext"])
 def test_feature_extraction_pipeline_gives_timm_pre_logits(variant, folders, toy) -> None:
     folder, _, timm_model = folders(variant)
     image = Image.open(toy / "validation" / "red" / "red_001.png").convert("RGB")

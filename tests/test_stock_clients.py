@@ -44,10 +44,17 @@ from make_toy_images import make_image_folder  # noqa: E402
 
 # family -> (timm name with tag, tiny constructor arguments); num_classes comes from the checkpoint's head.
 TINY = dict(img_size=32, patch_size=8, depth=4, num_heads=4)  # four blocks: the four maps DPT reassembles
+CNN_TINY = dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 48))
 FOLDERS = {
     "dinov3_headless": ("vit_small_patch16_dinov3.lvd1689m", dict(TINY, embed_dim=64), 0),
     "dinov2_reg_headless": ("vit_small_patch14_reg4_dinov2.lvd142m", dict(TINY, embed_dim=32), 0),
     "vit_head": ("vit_small_patch16_224.augreg_in21k_ft_in1k", dict(TINY, embed_dim=32), 7),
+    "convnext_dinov3_headless": ("convnext_tiny.dinov3_lvd1689m", CNN_TINY, 0),
+    "convnext_head": ("convnext_atto.d2_in1k", CNN_TINY, 7),
+}
+# folder key -> family
+FAMILY = {"dinov3_headless": "eva", "dinov2_reg_headless": "vit", "vit_head": "vit"} | {
+    key: "convnext" for key in ("convnext_dinov3_headless", "convnext_head")
 }
 
 
@@ -129,7 +136,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("key", ["dinov3_headless", "dinov2_reg_headless"])
+@pytest.mark.parametrize("key", ["dinov3_headless", "dinov2_reg_headless", "convnext_dinov3_headless"])
 def test_headless_folder_takes_the_standard_fine_tune_recipe(converted, key: str, tmp_path: Path) -> None:
     folder = converted[key]
     config = json.loads((folder / "config.json").read_text())
@@ -169,7 +176,7 @@ def test_transformers_example_script_trains_evaluates_and_saves(converted, toy, 
     metrics = json.loads((output / "all_results.json").read_text())
     assert "eval_accuracy" in metrics and metrics["train_loss"] > 0
     names = {p.name for p in output.iterdir()}
-    family = "eva" if "dinov3" in key else "vit"
+    family = FAMILY[key]
     assert {"config.json", "model.safetensors", f"modeling_{family}.py", "preprocessor_config.json"} <= names
     assert "image_processing_vitzoo.py" in names  # Trainer saved the processor with its code
     assert "vitzoo_parity.json" not in names and "vitzoo_parity" not in (output / "config.json").read_text()
@@ -214,9 +221,15 @@ def _backbone_config(folder: Path, **overrides):
     return AutoConfig.from_pretrained(folder, **{"out_indices": [1, 2, 3, 4], **overrides})
 
 
+def _channels(config) -> list[int]:
+    """Channels of the chosen maps: one width for token families, each stage's own for stage families."""
+    widths = [config.hidden_size] * 5 if hasattr(config, "hidden_size") else [config.stem_width, *config.hidden_sizes]
+    return [widths[i] for i in config.out_indices]
+
+
 DENSE = {
     "upernet": lambda bb: UperNetForSemanticSegmentation(
-        UperNetConfig(backbone_config=bb(), hidden_size=16, auxiliary_in_channels=bb().hidden_size, num_labels=3)
+        UperNetConfig(backbone_config=bb(), hidden_size=16, auxiliary_in_channels=_channels(bb())[2], num_labels=3)
     ),
     "dpt": lambda bb: DPTForDepthEstimation(
         DPTConfig(
@@ -289,14 +302,19 @@ def _dense_loss(name: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[tor
     return out.loss, out.logits
 
 
-@pytest.mark.parametrize("name", sorted(DENSE))
-@pytest.mark.parametrize("key", ["dinov2_reg_headless", "dinov3_headless"])
+# DPT and DepthAnything reassemble token maps (a ViT backbone); the others take any backbone's NCHW maps.
+DENSE_CASES = [(name, key) for name in sorted(DENSE) for key in ("dinov2_reg_headless", "dinov3_headless")] + [
+    (name, "convnext_dinov3_headless") for name in ("detr", "mask2former", "upernet")
+]
+
+
+@pytest.mark.parametrize(("name", "key"), DENSE_CASES)
 def test_dense_models_train_save_and_reload_over_a_vitzoo_backbone(converted, tmp_path, name: str, key: str) -> None:
     """``import vitzoo_hf`` is the whole set-up: our config goes in as ``backbone_config`` (register tokens and all);
     the converted weights go into ``model.backbone``; forward, backward, save and reload work."""
     folder = converted[key]
     model = DENSE[name](lambda **overrides: _backbone_config(folder, **overrides))
-    backbone_class = vitzoo_hf.VitzooEvaBackbone if "dinov3" in key else vitzoo_hf.VitzooViTBackbone
+    backbone_class = vitzoo_hf.FAMILIES[FAMILY[key]].backbone
     (backbone,) = [m for m in model.modules() if isinstance(m, backbone_class)]  # where each model keeps it
     backbone.load_state_dict(backbone_class.from_pretrained(folder, config=backbone.config).state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -313,7 +331,7 @@ def test_dense_models_train_save_and_reload_over_a_vitzoo_backbone(converted, tm
         _, after = _dense_loss(name, reloaded, x)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     saved = json.loads((tmp_path / name / "config.json").read_text())["backbone_config"]
-    assert saved["model_type"] == ("vitzoo_eva" if "dinov3" in key else "vitzoo_vit")
+    assert saved["model_type"] == f"vitzoo_{FAMILY[key]}"
 
 
 DENSE_REMOTE = r"""
