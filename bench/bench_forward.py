@@ -2,11 +2,12 @@
 
     python bench/bench_forward.py [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--reps 20] [--compile] [--out FILE]
 
-Per config, batch size and attention implementation, the three models run in interleaved order (timm, ours,
-native, timm, ours, ...) after warm-up; each repetition gives one time per model, and the reported ratio is
-the median over repetitions of timm_time / ours_time (> 1: we are faster), with the interquartile range.
-Outputs are compared first: ours and the native port against timm's forward_features. Also measured: how the
-cost grows with the input size (224, 320, 448) for ours against timm. Markdown on stdout, JSON in --out.
+Per config, batch size and attention implementation, the three models run interleaved after warm-up, the order
+rotating each repetition (timm, ours, native; ours, native, timm; ...); each repetition gives one time per model,
+and the reported ratio is the median over repetitions of timm_time / ours_time (> 1: we are faster), with the
+interquartile range. Outputs are compared first: ours and the native port against timm's forward_features. Also
+measured: how the cost grows with the input size (224, 320, 448) for ours against timm. Markdown on stdout, JSON in
+--out.
 """
 
 from __future__ import annotations
@@ -75,13 +76,17 @@ def sync(device: str) -> None:
 
 
 def time_interleaved(run: dict, x: torch.Tensor, reps: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """One time per model per repetition; the order rotates each repetition, so no model always runs right after
+    the same other one (caches and the allocator's state carry over between calls)."""
     times = {name: [] for name, fn in run.items() if fn is not None}
+    names = list(times)
     with torch.inference_mode():
         for _ in range(warmup):
-            for name in times:
+            for name in names:
                 run[name](x)
-        for _ in range(reps):
-            for name in times:
+        for rep in range(reps):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
                 sync(device)
                 start = time.perf_counter()
                 run[name](x)

@@ -3,11 +3,11 @@
     python bench/bench_load.py [--sizes s b l] [--reps 5] [--out FILE]
 
 The same weights in three forms (our converted folder, loaded as remote code with vitzoo_hf hidden; a timm
-safetensors checkpoint; transformers' ViTModel folder). Each measurement is a fresh process: library imports
-happen first and are not timed (the same transformers modules for ours and the native port; importing our
-remote-code files is part of the timed load), then the load call is timed and the process reports its peak
-RSS (VmHWM). Loads run
-interleaved (ours, timm, native, ours, ...); medians and ratios are reported.
+safetensors checkpoint; the folder of transformers' native port: ViTModel, ConvNextModel). Each measurement is a
+fresh process: library imports happen first and are not timed (the same transformers modules for ours and the
+native port; importing our remote-code files is part of the timed load), then the load call is timed and the
+process reports its peak RSS (VmHWM). Loads run interleaved (ours, timm, native, ours, ...); medians and ratios
+are reported. ``--sizes convnext_t convnext_b --out bench/results/load_convnext.json`` for the ConvNeXt rows.
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from native_ports import vit as native_vit  # noqa: E402
+from native_ports import PORTS  # noqa: E402
 
 from conversion.convert_timm import convert  # noqa: E402
 from conversion.verify import clean_env  # noqa: E402
 
-SIZES = {"s": "vit_small_patch16_224", "b": "vit_base_patch16_224", "l": "vit_large_patch16_224"}
+# key -> (timm name, native port)
+SIZES = {
+    "s": ("vit_small_patch16_224", "vit"),
+    "b": ("vit_base_patch16_224", "vit"),
+    "l": ("vit_large_patch16_224", "vit"),
+    "convnext_t": ("convnext_tiny", "convnext"),
+    "convnext_b": ("convnext_base", "convnext"),
+}
 
 CHILD = r"""
 import sys, time
@@ -53,23 +60,27 @@ elif kind == "timm":
     model = timm.create_model(name, pretrained=False, num_classes=0)
     model.load_state_dict(load_file(source))
 else:
-    from transformers import ViTModel
+    import transformers
+    native_class = getattr(transformers, kind)
     start = time.perf_counter()
-    model = ViTModel.from_pretrained(source, add_pooling_layer=False)
+    kwargs = {"add_pooling_layer": False} if kind == "ViTModel" else {}  # as the forward benchmark builds it
+    model = native_class.from_pretrained(source, **kwargs)
 seconds = time.perf_counter() - start
 peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(seconds, peak)
 """
 
 
-def prepare(name: str, work: Path) -> dict[str, Path]:
+def prepare(name: str, port: str, work: Path) -> dict[str, Path]:
+    """The three folders/files; the native one is keyed by its transformers class name."""
     reference = timm.create_model(name, pretrained=False, num_classes=0).eval()
     checkpoint = work / "timm.safetensors"
     save_file(reference.state_dict(), str(checkpoint))
     ours = convert(name, work / "ours", checkpoint=checkpoint).output_dir
+    native_model = PORTS[port](reference, "sdpa")
     native = work / "native"
-    native_vit(reference, "sdpa").save_pretrained(native)
-    return {"ours": ours, "timm": checkpoint, "native": native}
+    native_model.save_pretrained(native)
+    return {"ours": ours, "timm": checkpoint, type(native_model).__name__: native}
 
 
 def measure(kind: str, source: Path, name: str) -> tuple[float, int]:
@@ -90,16 +101,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
-        name = SIZES[size]
+        name, port = SIZES[size]
         with tempfile.TemporaryDirectory() as tmp:
-            sources = prepare(name, Path(tmp))
+            sources = prepare(name, port, Path(tmp))
             samples = {kind: [] for kind in sources}
             for _ in range(args.reps):
                 for kind, source in sources.items():
                     samples[kind].append(measure(kind, source, name))
-        seconds = {k: statistics.median(s for s, _ in v) for k, v in samples.items()}
-        rss = {k: statistics.median(r for _, r in v) for k, v in samples.items()}
-        rows.append({"model": name, "seconds": seconds, "peak_rss": rss})
+        role = {kind: kind if kind in ("ours", "timm") else "native" for kind in samples}
+        seconds = {role[k]: statistics.median(s for s, _ in v) for k, v in samples.items()}
+        rss = {role[k]: statistics.median(r for _, r in v) for k, v in samples.items()}
+        native_class = next(k for k, r in role.items() if r == "native")
+        rows.append({"model": name, "native": native_class, "seconds": seconds, "peak_rss": rss})
         print(json.dumps(rows[-1]), flush=True)
     meta = {
         "torch": torch.__version__,

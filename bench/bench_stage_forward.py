@@ -3,7 +3,7 @@
     python bench/bench_stage_forward.py [--device cpu|cuda] [--dtype fp32|bf16] [--reps 15] [--compile] [--out FILE]
 
 Per config, batch size and memory format (contiguous, channels_last), the three models run interleaved after
-warm-up (timm, ours, native, timm, ...); the reported ratio is the median over repetitions of other_time /
+warm-up, the order rotating each repetition; the reported ratio is the median over repetitions of other_time /
 ours_time (> 1: we are faster), with the interquartile range. Each model runs the whole network to the pooled
 pre-logits (the one output all three define alike; DINOv3 ConvNeXt's native last_hidden_state is a token list),
 and the outputs are compared with timm first. Markdown on stdout, JSON in --out.

@@ -3,8 +3,8 @@
     python bench/report.py
 
 The section between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is rewritten; every figure in it comes
-from a results file written by bench_forward.py, bench_load.py or bench_conversion.py, with the machine,
-library versions and date those scripts recorded.
+from a results file written by bench_forward.py, bench_stage_forward.py, bench_load.py or bench_conversion.py,
+with the machine, library versions and date those scripts recorded.
 """
 
 from __future__ import annotations
@@ -27,21 +27,23 @@ def _meta(meta: dict) -> str:
     return ", ".join(f"{k} {meta[k]}" for k in keys if k in meta)
 
 
-def forward(name: str, title: str) -> list[str]:
+def forward(name: str, title: str, script: str = "bench_forward.py", variant: str = "attn") -> list[str]:
+    """``variant``: the row field that varies besides the batch (token families: attention; CNNs: memory format)."""
     path = RESULTS / name
     if not path.is_file():
-        return [f"**{title}**: pending (no {name} yet; run bench/bench_forward.py on such a machine)."]
+        return [f"**{title}**: pending (no {name} yet; run bench/{script} on such a machine)."]
     data = json.loads(path.read_text())
     lines = [f"**{title}** ({_meta(data['meta'])}). Ratios: median over interleaved repetitions of the other's", ""]
     lines[0] += " time / ours (> 1: we are faster), with the interquartile range."
     lines += [
-        "| config | attention | batch | ours ms | timm ms | native ms | vs timm | vs native port |",
+        f"| config | {'attention' if variant == 'attn' else 'memory format'} | batch | ours ms | timm ms | native ms "
+        "| vs timm | vs native port |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
         ms = row["median_ms"]
         lines.append(
-            f"| {row['config']} | {row['attn']} | {row['batch']} | {ms['ours']:.1f} | {ms['timm']:.1f} | "
+            f"| {row['config']} | {row[variant]} | {row['batch']} | {ms['ours']:.1f} | {ms['timm']:.1f} | "
             f"{ms.get('native', float('nan')):.1f} | {_ratio(row['ours_vs_timm'])} | {_ratio(row['ours_vs_native'])} |"
         )
     if data.get("scaling"):
@@ -56,12 +58,12 @@ def forward(name: str, title: str) -> list[str]:
     return lines
 
 
-def load() -> list[str]:
-    path = RESULTS / "load.json"
+def load(name: str = "load.json", title: str = "Load") -> list[str]:
+    path = RESULTS / name
     if not path.is_file():
-        return ["**Load**: pending (run bench/bench_load.py)."]
+        return [f"**{title}**: pending (run bench/bench_load.py)."]
     data = json.loads(path.read_text())
-    lines = [f"**Load** ({_meta(data['meta'])}; fresh process each, imports not timed, median):", ""]
+    lines = [f"**{title}** ({_meta(data['meta'])}; fresh process each, imports not timed, median):", ""]
     lines += ["| model | ours s | timm create+load s | native s | ours / timm time | ours / native peak RSS |"]
     lines += ["|---|---|---|---|---|---|"]
     for r in data["rows"]:
@@ -103,7 +105,9 @@ def main() -> None:
         forward("forward_cuda_bf16.json", "Forward, GPU bf16"),
         forward("forward_cuda_fp16.json", "Forward, GPU fp16"),
         forward("forward_cuda_bf16_compile.json", "Forward, GPU bf16, torch.compile"),
+        forward("stage_forward_cpu.json", "ConvNeXt forward, CPU fp32, 224", "bench_stage_forward.py", "format"),
         load(),
+        load("load_convnext.json", "Load, ConvNeXt"),
         conversion(),
     ]
     body = "\n\n".join("\n".join(section) for section in sections)

@@ -37,7 +37,32 @@ from transformers_tests.test_configuration_common import ConfigTester  # noqa: E
 from transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor  # noqa: E402
 
 
-class VitzooModelTester:
+class TesterInputs:
+    """Inputs the suite asks a tester for; a family's tester adds ``get_config``."""
+
+    def prepare_config_and_inputs_for_common(self):
+        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
+        return self.get_config(), {"pixel_values": pixel_values}
+
+    def prepare_config_and_inputs(self):
+        config, inputs = self.prepare_config_and_inputs_for_common()
+        labels = torch.randint(0, self.num_labels, (self.batch_size,))
+        return config, inputs["pixel_values"], labels
+
+
+class ClassifierShapes:
+    """The classifier's logits and loss on the tester's inputs (``all_model_classes[1]`` is the classifier)."""
+
+    def test_model_outputs_shapes(self) -> None:
+        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
+        model = self.all_model_classes[1](config).eval()
+        with torch.no_grad():
+            out = model(pixel_values, labels=labels)
+        self.assertEqual(out.logits.shape, (self.model_tester.batch_size, self.model_tester.num_labels))
+        self.assertTrue(torch.isfinite(out.loss))
+
+
+class VitzooModelTester(TesterInputs):
     def __init__(self, parent, config_class=VitzooViTConfig, **overrides) -> None:
         self.parent = parent
         self.config_class = config_class
@@ -68,17 +93,8 @@ class VitzooModelTester:
             **self.overrides,
         )
 
-    def prepare_config_and_inputs_for_common(self):
-        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
-        return self.get_config(), {"pixel_values": pixel_values}
 
-    def prepare_config_and_inputs(self):
-        config, inputs = self.prepare_config_and_inputs_for_common()
-        labels = torch.randint(0, self.num_labels, (self.batch_size,))
-        return config, inputs["pixel_values"], labels
-
-
-class VitzooViTModelTest(ModelTesterMixin, unittest.TestCase):
+class VitzooViTModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
     all_model_classes = (VitzooViTModel, VitzooViTForImageClassification, VitzooViTBackbone)
     config_class = VitzooViTConfig
     test_resize_embeddings = False
@@ -101,14 +117,6 @@ class VitzooViTModelTest(ModelTesterMixin, unittest.TestCase):
             model = model_class(config)
             self.assertIsInstance(model.get_input_embeddings().proj, torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
-
-    def test_model_outputs_shapes(self) -> None:
-        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
-        model = self.all_model_classes[1](config).eval()
-        with torch.no_grad():
-            out = model(pixel_values, labels=labels)
-        self.assertEqual(out.logits.shape, (self.model_tester.batch_size, self.model_tester.num_labels))
-        self.assertTrue(torch.isfinite(out.loss))
 
 
 class VitzooViTRegistersSwiGLUTest(VitzooViTModelTest):
@@ -193,7 +201,7 @@ class VitzooEvaBackboneTest(VitzooViTBackboneTest):
     config_class = VitzooEvaConfig
 
 
-class ConvNextModelTester:
+class ConvNextModelTester(TesterInputs):
     """Tiny ConvNeXt for the suite (4 stages; hidden states are NCHW maps, checked by the test class itself)."""
 
     def __init__(self, parent, **overrides) -> None:
@@ -216,17 +224,8 @@ class ConvNextModelTester:
             **self.overrides,
         )
 
-    def prepare_config_and_inputs_for_common(self):
-        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
-        return self.get_config(), {"pixel_values": pixel_values}
 
-    def prepare_config_and_inputs(self):
-        config, inputs = self.prepare_config_and_inputs_for_common()
-        labels = torch.randint(0, self.num_labels, (self.batch_size,))
-        return config, inputs["pixel_values"], labels
-
-
-class VitzooConvNextModelTest(ModelTesterMixin, unittest.TestCase):
+class VitzooConvNextModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
     all_model_classes = (VitzooConvNextModel, VitzooConvNextForImageClassification, VitzooConvNextBackbone)
     config_class = VitzooConvNextConfig
     test_resize_embeddings = False
@@ -268,14 +267,6 @@ class VitzooConvNextModelTest(ModelTesterMixin, unittest.TestCase):
                     out = model(**inputs, output_hidden_states=None if through_config else True)
                 self.assertEqual([tuple(h.shape[1:]) for h in out.hidden_states], expected)
             config.output_hidden_states = False
-
-    def test_model_outputs_shapes(self) -> None:
-        config, pixel_values, labels = self.model_tester.prepare_config_and_inputs()
-        model = VitzooConvNextForImageClassification(config).eval()
-        with torch.no_grad():
-            out = model(pixel_values, labels=labels)
-        self.assertEqual(out.logits.shape, (self.model_tester.batch_size, self.model_tester.num_labels))
-        self.assertTrue(torch.isfinite(out.loss))
 
 
 class VitzooConvNextV2OverlapTest(VitzooConvNextModelTest):

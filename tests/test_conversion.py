@@ -188,6 +188,18 @@ def test_too_large_to_verify_whole_is_verified_partially_and_said(tmp_path: Path
     assert "first 2 of 6 blocks" in (result.output_dir / "README.md").read_text()
 
 
+def test_partial_verification_refuses_weights_that_depend_on_the_depth(tmp_path: Path) -> None:
+    """RoPE-Mixed learns one frequency table per block: a shallower reference cannot hold the checkpoint's, so the
+    partial check is refused by name and nothing is left behind."""
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4)
+    name = "vit_small_patch16_rope_mixed_224"
+    checkpoint = timm_checkpoint(tmp_path, name, **kwargs)
+    message = r"Partial verification is not possible: rope\.freqs depends on the depth"
+    with pytest.raises(ConversionError, match=message):
+        convert(name, tmp_path / "out", checkpoint=checkpoint, memory_budget=1, model_kwargs=kwargs)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
 PEAK_MEMORY_CHILD = r"""
 import sys
 from pathlib import Path

@@ -99,8 +99,9 @@ def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, t
     assert {code, "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
 
 
-def test_lightning_two_stages_checkpoint_resume_and_load(toy, folders, hf_home, tmp_path) -> None:
-    model, _, _ = folders("dinov3", headless=True)  # a foundation model: the head is created for the classes
+@pytest.mark.parametrize("variant", ["dinov3", "headless_dinov3"])  # DINOv3 ViT and DINOv3 ConvNeXt (tiny)
+def test_lightning_two_stages_checkpoint_resume_and_load(variant, toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders(variant, headless=True)  # a foundation model: the head is created for the classes
     common = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--batch-size", "8"]
     first = run_example("train_lightning.py", *common, "--full-epochs", "1", hf_home=hf_home)
     steps_per_epoch = TRAIN_IMAGES // 8
@@ -119,8 +120,9 @@ def test_lightning_two_stages_checkpoint_resume_and_load(toy, folders, hf_home, 
     assert resumed["val_accuracy"] >= 0.9
 
 
-def test_accelerate_two_processes_with_gradient_accumulation(toy, folders, hf_home, tmp_path) -> None:
-    model, _, _ = folders("dinov2_reg")
+@pytest.mark.parametrize("variant", ["dinov2_reg", "convnext"])
+def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folders, hf_home, tmp_path) -> None:
+    model, _, _ = folders(variant)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
     args = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--cpu"]
     summary = run_example(
@@ -138,7 +140,7 @@ def test_accelerate_two_processes_with_gradient_accumulation(toy, folders, hf_ho
     assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "convnext"])
 def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, tmp_path) -> None:
     folder, _, _ = folders(variant)
     reference = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()

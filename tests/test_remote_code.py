@@ -51,28 +51,16 @@ print(type(model).__module__)
 
 
 # Only what each family imports: the vit family has no RoPE, no token family carries the stage files.
-TOKEN_FILES = [
+COMMON_FILES = [
     "common_compat.py",
     "common_config.py",
     "common_heads.py",
     "common_layers.py",
     "common_modeling.py",
     "image_processing_vitzoo.py",
-    "token_config.py",
-    "token_encoder.py",
-    "token_layers.py",
 ]
-STAGE_FILES = [
-    "common_compat.py",
-    "common_config.py",
-    "common_heads.py",
-    "common_layers.py",
-    "common_modeling.py",
-    "image_processing_vitzoo.py",
-    "stage_config.py",
-    "stage_layers.py",
-    "stage_modeling.py",
-]
+TOKEN_FILES = [*COMMON_FILES, "token_config.py", "token_encoder.py", "token_layers.py"]
+STAGE_FILES = [*COMMON_FILES, "stage_config.py", "stage_layers.py", "stage_modeling.py"]
 FAMILY_FILES = {
     "vit": sorted([*TOKEN_FILES, "configuration_vit.py", "modeling_vit.py"]),
     "eva": sorted([*TOKEN_FILES, "configuration_eva.py", "modeling_eva.py", "token_rope.py"]),

@@ -85,11 +85,15 @@ class VitzooConvNextBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.conv_dw(x)
-        # timm's order: NCHW throughout with conv MLPs, else channels-last around the norm and Linear MLP.
-        x = self.mlp(self.norm(x)) if self.conv_mlp else self.mlp(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-        if self.gamma is not None:
-            x = x.mul(self.gamma.reshape(1, -1, 1, 1))
-        return self.drop_path(x) + shortcut
+        if self.conv_mlp:  # NCHW throughout
+            x = self.mlp(self.norm(x))
+            x = x if self.gamma is None else x * self.gamma.reshape(1, -1, 1, 1)
+        else:  # channels-last around the norm and the Linear MLP; LayerScale before permuting back (the same
+            # products as timm's, on contiguous memory)
+            x = self.mlp(self.norm(x.permute(0, 2, 3, 1)))
+            x = (x if self.gamma is None else x * self.gamma).permute(0, 3, 1, 2)
+        # The residual first: the sum keeps the shortcut's memory layout for the next block's depthwise conv.
+        return shortcut + self.drop_path(x)
 
 
 class VitzooConvNextStage(GradientCheckpointingLayer):
