@@ -8,6 +8,8 @@ and inherits the three forwards from :class:`StageModelMixin`, :class:`StageClas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
@@ -76,15 +78,19 @@ def stage_flags(
     return output_hidden_states, return_dict
 
 
-def run_stages(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The stem's output, then each stage's: the maps every stage-family output is made of."""
+def run_stages(
+    model: nn.Module, pixel_values: torch.Tensor, keep: Callable[[int], bool]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The last map, and the maps ``keep`` asks for by index (0 = the stem, i = stage i). Only those are held:
+    keeping every stage's map alive to the end would stop the allocator from reusing their memory."""
     check_pixel_values(pixel_values, model.config.num_channels)
     hidden = model.stem(pixel_values)
-    states = [hidden]
-    for stage in model.stages:
+    kept = [hidden] if keep(0) else []
+    for index, stage in enumerate(model.stages, start=1):
         hidden = stage(hidden)
-        states.append(hidden)
-    return tuple(states)
+        if keep(index):
+            kept.append(hidden)
+    return hidden, tuple(kept)
 
 
 class StageModelMixin:
@@ -105,8 +111,8 @@ class StageModelMixin:
         output_hidden_states, return_dict = stage_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        states = run_stages(self, pixel_values)
-        last_hidden_state = self.norm(states[-1])
+        last, states = run_stages(self, pixel_values, lambda index: output_hidden_states)
+        last_hidden_state = self.norm(last)
         pool = self.config.global_pool
         output = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
@@ -146,8 +152,9 @@ class StageBackboneMixin(VitzooBackboneMixin):
         output_hidden_states, return_dict = stage_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        states = run_stages(self.base_model, pixel_values)
-        maps = tuple(state for stage, state in zip(self.stage_names, states, strict=True) if stage in self.out_features)
+        wanted = [stage in self.out_features for stage in self.stage_names]
+        _, states = run_stages(self.base_model, pixel_values, lambda index: output_hidden_states or wanted[index])
+        maps = tuple(states) if not output_hidden_states else tuple(s for s, w in zip(states, wanted, strict=True) if w)
         output = BackboneOutput(feature_maps=maps, hidden_states=states if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 
