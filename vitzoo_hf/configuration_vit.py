@@ -11,7 +11,7 @@ from .common_compat import BackboneConfigMixin  # noqa: F401
 from .common_config import VitzooConfig  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import NORMS  # noqa: F401
-from .token_config import TokenConfig
+from .token_config import TokenConfig, norms_after_pooling
 from .token_layers import MLP_TYPES  # noqa: F401
 
 
@@ -49,7 +49,7 @@ class VitzooViTConfig(TokenConfig):
         if "block_type" in fields:
             pool, fc_norm = fields.get("global_pool", "token"), fields.get("fc_norm")
             final_norm = fields.get("final_norm", True)
-            use_fc_norm = pool in ("avg", "avgmax", "max") if fc_norm is None else fc_norm
+            use_fc_norm = norms_after_pooling(pool, fc_norm)
             fields["final_norm"], fields["fc_norm"] = final_norm and not use_fc_norm, final_norm and use_fc_norm
         return super().upgrade_saved_fields(fields)
 

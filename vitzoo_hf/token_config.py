@@ -15,6 +15,11 @@ from .token_layers import MLP_TYPES
 TOKEN_POOLS = ("token", "avg", "avgmax", "max", "map")
 
 
+def norms_after_pooling(global_pool: str, fc_norm: bool | None) -> bool:
+    """timm's rule for a norm after pooling: on for avg/avgmax/max pools unless ``fc_norm`` says otherwise."""
+    return global_pool in ("avg", "avgmax", "max") if fc_norm is None else fc_norm
+
+
 class TokenConfig(VitzooConfig):
     r"""Token-family architecture (timm argument in brackets where the name differs):
 
@@ -125,7 +130,7 @@ class TokenConfig(VitzooConfig):
     @property
     def use_fc_norm(self) -> bool:
         """A norm after pooling: by timm's rule, for avg/max pools unless ``fc_norm`` says otherwise."""
-        return self.global_pool in ("avg", "avgmax", "max") if self.fc_norm is None else self.fc_norm
+        return norms_after_pooling(self.global_pool, self.fc_norm)
 
     @property
     def use_final_norm(self) -> bool:
@@ -143,4 +148,4 @@ class TokenConfig(VitzooConfig):
         return super().upgrade_saved_fields(fields)
 
 
-__all__ = ["TOKEN_POOLS", "TokenConfig"]
+__all__ = ["TOKEN_POOLS", "TokenConfig", "norms_after_pooling"]
