@@ -7,7 +7,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.layers import LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
+from timm.layers import BlurPool2d, LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
 from timm.models.vision_transformer import ResPostBlock
 
 from conversion.families import family_for
@@ -105,6 +105,30 @@ CONVNEXT_VARIANTS: dict[str, tuple[str, dict]] = {
     "headless_dinov3": ("convnext_tiny", {"num_classes": 0}),
 }
 
+# ResNet: timm's own entrypoints (their flags), shrunk to depths (1, 1, 2, 1) and planes (16, 24, 32, 48); 7 classes.
+TINY_RESNET = dict(layers=(1, 1, 2, 1), channels=(16, 24, 32, 48), num_classes=7)
+RESNET_VARIANTS: dict[str, tuple[str, dict]] = {
+    "resnet18_basic": ("resnet18", {}),
+    "resnet50": ("resnet50", {}),
+    "resnet50d_deep_avg_down": ("resnet50d", {"drop_rate": 0.1}),
+    "resnet26t_tiered": ("resnet26t", {}),
+    "resnext_groups": ("resnext50_32x4d", {}),
+    "wide": ("wide_resnet50_2", {}),
+    "seresnext_se": ("seresnext26d_32x4d", {}),
+    "ecaresnetlight_eca": ("ecaresnetlight", {}),
+    "resnetrs_se_quarter_stem_conv": ("resnetrs50", {}),
+    "senet154_reduce_first_k3": ("senet154", {"channels": (32, 32, 32, 32)}),
+    "aa_avgpool": ("resnetaa50d", {}),
+    "aa_avgpool_basic": ("resnetaa34d", {}),
+    "blurpool": ("resnetblur50", {}),
+    "blurpool_stem_conv": ("resnetrs50", {"aa_layer": BlurPool2d}),
+    "groupnorm": ("resnet50_gn", {"channels": (32, 32, 32, 32)}),
+    "mixed_blocks": ("test_resnet", {"channels": (32, 48, 48, 96)}),
+    "silu_max_pool": ("resnet18", {"act_layer": "silu", "global_pool": "max"}),
+    "avgmax": ("resnet26d", {"global_pool": "avgmax"}),
+    "headless": ("resnet50", {"num_classes": 0}),
+}
+
 
 @torch.no_grad()
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -119,7 +143,7 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> torch.nn.Module:
-    """A tiny perturbed timm model of a vit, eva or convnext variant, in eval mode (``dynamic``: token families
+    """A tiny perturbed timm model of a vit, eva, convnext or resnet variant, in eval mode (``dynamic``: token families
     built to run at any size)."""
     if variant in VIT_VARIANTS:
         name, overrides = VIT_VARIANTS[variant]
@@ -127,6 +151,10 @@ def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> to
     elif variant in CONVNEXT_VARIANTS:
         name, overrides = CONVNEXT_VARIANTS[variant]
         kwargs = {**TINY_CONVNEXT, **overrides, **extra}
+        dynamic = False
+    elif variant in RESNET_VARIANTS:
+        name, overrides = RESNET_VARIANTS[variant]
+        kwargs = {**TINY_RESNET, **overrides, **extra}
         dynamic = False
     else:
         name, overrides = EVA_VARIANTS[variant]

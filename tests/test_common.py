@@ -16,6 +16,10 @@ from vitzoo_hf import (
     VitzooEvaConfig,
     VitzooEvaForImageClassification,
     VitzooEvaModel,
+    VitzooResNetBackbone,
+    VitzooResNetConfig,
+    VitzooResNetForImageClassification,
+    VitzooResNetModel,
     VitzooViTBackbone,
     VitzooViTConfig,
     VitzooViTForImageClassification,
@@ -27,6 +31,7 @@ for prefix, model_type in (
     ("VitzooViT", "vitzoo_vit"),
     ("VitzooEva", "vitzoo_eva"),
     ("VitzooConvNext", "vitzoo_convnext"),
+    ("VitzooResNet", "vitzoo_resnet"),
 ):
     transformers_suite.register_model_names(
         model_type, f"{prefix}Model", f"{prefix}ForImageClassification", f"{prefix}Backbone"
@@ -201,41 +206,42 @@ class VitzooEvaBackboneTest(VitzooViTBackboneTest):
     config_class = VitzooEvaConfig
 
 
-class ConvNextModelTester(TesterInputs):
-    """Tiny ConvNeXt for the suite (4 stages; hidden states are NCHW maps, checked by the test class itself)."""
+class StageModelTester(TesterInputs):
+    """A tiny stage-family model for the suite: 4 stages on 32-pixel inputs (hidden states are NCHW maps, checked
+    by the test class itself)."""
 
-    def __init__(self, parent, **overrides) -> None:
+    def __init__(self, parent, config_class, fields: dict, **overrides) -> None:
         self.parent = parent
+        self.config_class = config_class
         self.batch_size = 3
         self.is_training = True
         self.image_size = 32
         self.num_channels = 3
         self.num_labels = 5
-        self.overrides = overrides
+        self.fields = {**fields, **overrides}
 
-    def get_config(self) -> VitzooConvNextConfig:
-        return VitzooConvNextConfig(
+    def get_config(self):
+        return self.config_class(
             image_size=self.image_size,
             num_channels=self.num_channels,
-            depths=[1, 1, 2, 1],
-            hidden_sizes=[8, 16, 24, 32],
             num_labels=self.num_labels,
             out_features=["stage2", "stage3"],
-            **self.overrides,
+            **self.fields,
         )
 
 
-class VitzooConvNextModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
-    all_model_classes = (VitzooConvNextModel, VitzooConvNextForImageClassification, VitzooConvNextBackbone)
-    config_class = VitzooConvNextConfig
+class StageModelTest(ClassifierShapes, ModelTesterMixin):
+    """The suite over a stage family's three classes; a family sets its classes and tiny ``fields``."""
+
     test_resize_embeddings = False
     test_torch_exportable = True
     test_can_init_all_missing_weights_before_2023 = True
     has_attentions = False
+    fields: dict = {}
     overrides: dict = {}
 
     def setUp(self) -> None:
-        self.model_tester = ConvNextModelTester(self, **self.overrides)
+        self.model_tester = StageModelTester(self, self.config_class, self.fields, **self.overrides)
         self.config_tester = ConfigTester(
             self,
             config_class=self.config_class,
@@ -251,14 +257,17 @@ class VitzooConvNextModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestC
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
             model = model_class(config)
-            self.assertIsInstance(model.get_input_embeddings()[0], torch.nn.Conv2d)
+            first = next(m for m in model.get_input_embeddings().modules() if not list(m.children()))
+            self.assertIsInstance(first, torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
 
     def test_hidden_states_output(self) -> None:
         """As transformers' own CNN tests: hidden states are the stem's map then each stage's, NCHW, with each
         stage's channels and stride; asked per call or through the config."""
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
-        expected = [(8, 8, 8), (8, 8, 8), (16, 4, 4), (24, 2, 2), (32, 1, 1)]
+        size = self.model_tester.image_size
+        channels = [config.stem_width, *config.hidden_sizes]
+        expected = [(c, size // stride, size // stride) for c, stride in zip(channels, config.strides, strict=True)]
         for model_class in self.all_model_classes:
             for through_config in (False, True):
                 config.output_hidden_states = through_config
@@ -267,6 +276,22 @@ class VitzooConvNextModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestC
                     out = model(**inputs, output_hidden_states=None if through_config else True)
                 self.assertEqual([tuple(h.shape[1:]) for h in out.hidden_states], expected)
             config.output_hidden_states = False
+
+
+class StageBackboneTest(BackboneTesterMixin):
+    has_attentions = False
+
+    def setUp(self) -> None:
+        self.model_tester = StageModelTester(self, self.config_class, self.fields)
+
+
+CONVNEXT_FIELDS = dict(depths=[1, 1, 2, 1], hidden_sizes=[8, 16, 24, 32])
+
+
+class VitzooConvNextModelTest(StageModelTest, unittest.TestCase):
+    all_model_classes = (VitzooConvNextModel, VitzooConvNextForImageClassification, VitzooConvNextBackbone)
+    config_class = VitzooConvNextConfig
+    fields = CONVNEXT_FIELDS
 
 
 class VitzooConvNextV2OverlapTest(VitzooConvNextModelTest):
@@ -283,10 +308,43 @@ class VitzooConvNextV2OverlapTest(VitzooConvNextModelTest):
     )
 
 
-class VitzooConvNextBackboneTest(BackboneTesterMixin, unittest.TestCase):
+class VitzooConvNextBackboneTest(StageBackboneTest, unittest.TestCase):
     all_model_classes = (VitzooConvNextBackbone,)
     config_class = VitzooConvNextConfig
-    has_attentions = False
+    fields = CONVNEXT_FIELDS
 
-    def setUp(self) -> None:
-        self.model_tester = ConvNextModelTester(self)
+
+RESNET_FIELDS = dict(depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 48, 64], stem_channels=8)
+
+
+class VitzooResNetModelTest(StageModelTest, unittest.TestCase):
+    """Bottleneck blocks, BatchNorm, the 7x7 stem and its max pool, strided-conv shortcuts."""
+
+    all_model_classes = (VitzooResNetModel, VitzooResNetForImageClassification, VitzooResNetBackbone)
+    config_class = VitzooResNetConfig
+    fields = RESNET_FIELDS
+
+
+class VitzooResNetBasicDeepTest(VitzooResNetModelTest):
+    """A second flag set: basic blocks, tiered deep stem with a conv instead of the pool, ResNet-D shortcuts, SE,
+    blur-pool anti-aliasing, GroupNorm."""
+
+    overrides = dict(
+        block_types=["basic"] * 4,
+        stem_type="deep_tiered",
+        deep_stem_width=8,
+        stem_channels=16,
+        replace_stem_pool=True,
+        avg_down=True,
+        attn_type="se",
+        se_ratio=0.25,
+        aa_type="blurpool",
+        norm_type="groupnorm",
+        norm_groups=2,
+    )
+
+
+class VitzooResNetBackboneTest(StageBackboneTest, unittest.TestCase):
+    all_model_classes = (VitzooResNetBackbone,)
+    config_class = VitzooResNetConfig
+    fields = RESNET_FIELDS

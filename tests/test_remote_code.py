@@ -65,12 +65,21 @@ FAMILY_FILES = {
     "vit": sorted([*TOKEN_FILES, "configuration_vit.py", "modeling_vit.py"]),
     "eva": sorted([*TOKEN_FILES, "configuration_eva.py", "modeling_eva.py", "token_rope.py"]),
     "convnext": sorted([*STAGE_FILES, "configuration_convnext.py", "modeling_convnext.py"]),
+    "resnet": sorted(
+        [*COMMON_FILES, "stage_config.py", "stage_modeling.py", "configuration_resnet.py", "modeling_resnet.py"]
+    ),
 }
 
 
 @pytest.fixture(
     scope="module",
-    params=[("vit", "dinov2_reg"), ("eva", "dinov3"), ("eva", "rope_mixed"), ("convnext", "convnext")],
+    params=[
+        ("vit", "dinov2_reg"),
+        ("eva", "dinov3"),
+        ("eva", "rope_mixed"),
+        ("convnext", "convnext"),
+        ("resnet", "blurpool_stem_conv"),
+    ],
     ids=str,
 )
 def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module, str]:
@@ -82,7 +91,7 @@ def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Mo
 
 def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
     folder, _, _, family = saved
-    prefix = {"vit": "VitzooViT", "eva": "VitzooEva", "convnext": "VitzooConvNext"}[family]
+    prefix = {"vit": "VitzooViT", "eva": "VitzooEva", "convnext": "VitzooConvNext", "resnet": "VitzooResNet"}[family]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == f"vitzoo_{family}"
     assert config["architectures"] == [f"{prefix}ForImageClassification"]

@@ -26,7 +26,13 @@ from tests.helpers import save_tiny_folder
 from tests.transformers_envs import CI_VERSIONS, ROOT, transformers_python
 
 VERSIONS = tuple(os.environ.get("VITZOO_TRANSFORMERS_MATRIX", ",".join(CI_VERSIONS)).split(","))
-VARIANTS = {"vit": "dinov2_reg", "eva": "dinov3", "eva_mixed": "rope_mixed", "convnext": "v2_grn_conv_mlp"}
+VARIANTS = {
+    "vit": "dinov2_reg",
+    "eva": "dinov3",
+    "eva_mixed": "rope_mixed",
+    "convnext": "v2_grn_conv_mlp",
+    "resnet": "seresnext_se",
+}
 
 CHILD = r"""
 import json, sys

@@ -16,6 +16,7 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from .common_config import AUTO_CLASS_NAMES, VitzooConfig
 from .configuration_convnext import VitzooConvNextConfig
 from .configuration_eva import VitzooEvaConfig
+from .configuration_resnet import VitzooResNetConfig
 from .configuration_vit import VitzooViTConfig
 from .image_processing_vitzoo import VitzooImageProcessor
 from .modeling_convnext import (
@@ -29,6 +30,12 @@ from .modeling_eva import (
     VitzooEvaForImageClassification,
     VitzooEvaModel,
     VitzooEvaPreTrainedModel,
+)
+from .modeling_resnet import (
+    VitzooResNetBackbone,
+    VitzooResNetForImageClassification,
+    VitzooResNetModel,
+    VitzooResNetPreTrainedModel,
 )
 from .modeling_vit import (
     VitzooViTBackbone,
@@ -91,6 +98,9 @@ register_family(
         VitzooConvNextBackbone,
     )
 )
+register_family(
+    Family("resnet", VitzooResNetConfig, VitzooResNetModel, VitzooResNetForImageClassification, VitzooResNetBackbone)
+)
 
 __all__ = [
     "AUTO_CLASS_NAMES",
@@ -108,6 +118,11 @@ __all__ = [
     "VitzooEvaModel",
     "VitzooEvaPreTrainedModel",
     "VitzooImageProcessor",
+    "VitzooResNetBackbone",
+    "VitzooResNetConfig",
+    "VitzooResNetForImageClassification",
+    "VitzooResNetModel",
+    "VitzooResNetPreTrainedModel",
     "VitzooViTBackbone",
     "VitzooViTConfig",
     "VitzooViTForImageClassification",

@@ -48,6 +48,8 @@ except ImportError:  # 4.57 calls _init_weights only on modules the checkpoint d
         zeros_=nn.init.zeros_,
         ones_=nn.init.ones_,
         constant_=nn.init.constant_,
+        kaiming_normal_=nn.init.kaiming_normal_,
+        kaiming_uniform_=nn.init.kaiming_uniform_,
         copy_=_copy,
     )
 

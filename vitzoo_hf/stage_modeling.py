@@ -1,7 +1,8 @@
 """What the stage families (convnext, resnet, ...) share: the forwards over a stem and stages of NCHW maps.
 
-A stage family's modeling file builds ``stem``, ``stages`` (one module per stage), ``norm`` (on the final map:
-timm ``forward_features``) and ``pre_logits`` (on the pooled vector: timm ``forward_head(pre_logits=True)``),
+A stage family's modeling file builds ``stem``, optionally ``stem_pool`` (a downsampling after the stem's map is
+taken, ResNet's max pool), ``stages`` (one module per stage), ``norm`` (on the final map: timm
+``forward_features``) and ``pre_logits`` (on the pooled vector: timm ``forward_head(pre_logits=True)``),
 and inherits the three forwards from :class:`StageModelMixin`, :class:`StageClassifierMixin` and
 :class:`StageBackboneMixin`. Fields read here are ``StageConfig``'s.
 """
@@ -82,10 +83,13 @@ def run_stages(
     model: nn.Module, pixel_values: torch.Tensor, keep: Callable[[int], bool]
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The last map, and the maps ``keep`` asks for by index (0 = the stem, i = stage i). Only those are held:
-    keeping every stage's map alive to the end would stop the allocator from reusing their memory."""
+    every map held longer than needed makes the allocator take fresh pages (CPU time in page faults)."""
     check_pixel_values(pixel_values, model.config.num_channels)
     hidden = model.stem(pixel_values)
     kept = [hidden] if keep(0) else []
+    stem_pool = getattr(model, "stem_pool", None)
+    if stem_pool is not None:  # reassigned at once: the stem's map is freed unless kept
+        hidden = stem_pool(hidden)
     for index, stage in enumerate(model.stages, start=1):
         hidden = stage(hidden)
         if keep(index):

@@ -1,0 +1,242 @@
+"""The resnet family against timm: every flag set of timm's ResNet entrypoints, perturbed, at several sizes."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conversion.common import UnsupportedArchitecture
+from conversion.families import family_for
+from tests.helpers import RESNET_VARIANTS, TINY_RESNET, make_timm, perturb, vitzoo_from_timm
+from vitzoo_hf import VitzooResNetConfig, VitzooResNetForImageClassification, VitzooResNetModel
+
+# The native size, larger non-square ones, and sizes that are not multiples of 32 (each stride-2 step rounds up,
+# as timm's padded convolutions do); average-pool anti-aliasing takes multiples of 32 only, as in timm.
+SIZES = [(64, 64), (96, 64), (64, 160), (72, 40), (33, 47)]
+EVEN_SIZES = [(64, 64), (96, 64), (64, 160)]
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def timm_stages(timm_model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The stem's map (after act1, stride 2), then each stage's: timm's ``features_only`` order."""
+    return timm_model.forward_intermediates(x, intermediates_only=True)
+
+
+def sizes_for(ours: nn.Module) -> list[tuple[int, int]]:
+    return EVEN_SIZES if ours.config.aa_type == "avgpool" else SIZES
+
+
+@pytest.mark.parametrize("variant", sorted(RESNET_VARIANTS))
+def test_outputs_equal_timm_at_every_size(variant: str) -> None:
+    timm_model = make_timm(variant)
+    ours = vitzoo_from_timm(timm_model, "classifier")
+    for height, width in sizes_for(ours):
+        x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+        with torch.no_grad():
+            base = ours.resnet(x, output_hidden_states=True)
+            features = timm_model.forward_features(x)
+            torch.testing.assert_close(base.last_hidden_state, features, **TOL)
+            torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
+            torch.testing.assert_close(ours(x).logits, timm_model(x), **TOL)
+            theirs = timm_stages(timm_model, x)
+            assert len(base.hidden_states) == len(theirs) == 5
+            for index, (mine, their) in enumerate(zip(base.hidden_states, theirs, strict=True)):
+                torch.testing.assert_close(mine, their, **TOL, msg=f"hidden state {index}")
+    assert (not timm_model.num_classes) == (ours.config.head_type == "none")
+
+
+def test_flags_are_read_off_timm() -> None:
+    """The config fields each variant needs come from the timm model itself, not from defaults."""
+    expect = {
+        "resnet50d_deep_avg_down": dict(stem_type="deep", avg_down=True, head_dropout=0.1),
+        "resnet26t_tiered": dict(stem_type="deep_tiered", deep_stem_width=32, stem_channels=64),
+        "resnext_groups": dict(cardinality=32, base_width=4),
+        "wide": dict(base_width=128),
+        "seresnext_se": dict(attn_type="se", se_ratio=1 / 16),
+        "resnetrs_se_quarter_stem_conv": dict(attn_type="se", se_ratio=0.25, replace_stem_pool=True),
+        "senet154_reduce_first_k3": dict(block_reduce_first=2, down_kernel_size=3, cardinality=64),
+        "ecaresnetlight_eca": dict(attn_type="eca", stem_type="", avg_down=True),
+        "aa_avgpool": dict(aa_type="avgpool"),
+        "blurpool_stem_conv": dict(aa_type="blurpool", replace_stem_pool=True),
+        "groupnorm": dict(norm_type="groupnorm", norm_groups=32),
+        "mixed_blocks": dict(block_types=["basic", "basic", "bottleneck", "basic"]),
+        "silu_max_pool": dict(hidden_act="silu", global_pool="max"),
+    }
+    for variant, fields in expect.items():
+        config = family_for(make_timm(variant)).config_from_timm(make_timm(variant))
+        assert {k: getattr(config, k) for k in fields} == fields, variant
+
+
+@pytest.mark.parametrize("variant", ["resnet50", "resnet18_basic", "resnetrs_se_quarter_stem_conv", "blurpool"])
+def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: str) -> None:
+    timm_model = make_timm(variant)
+    names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+    backbone = vitzoo_from_timm(timm_model, "backbone", out_features=names)
+    x = torch.randn(2, 3, 96, 64)
+    entrypoint, overrides = RESNET_VARIANTS[variant]
+    features_only = timm.create_model(entrypoint, features_only=True, **{**TINY_RESNET, **overrides}).eval()
+    trunk = {k: v for k, v in timm_model.state_dict().items() if not k.startswith("fc.")}
+    features_only.load_state_dict(trunk)
+    with torch.no_grad():
+        maps = backbone(x).feature_maps
+        intermediates = timm_model.forward_intermediates(x, intermediates_only=True)
+        listed = features_only(x)
+    assert len(maps) == 5 and backbone.channels == [m.shape[1] for m in maps]
+    for mine, theirs, listed_map in zip(maps, intermediates, listed, strict=True):
+        torch.testing.assert_close(mine, theirs, **TOL)
+        torch.testing.assert_close(mine, listed_map, **TOL)
+    assert backbone.strides == [info["reduction"] for info in features_only.feature_info] == [2, 4, 8, 16, 32]
+    assert backbone.channels == features_only.feature_info.channels()
+
+
+@pytest.mark.parametrize("variant", ["resnet50", "groupnorm", "seresnext_se"])
+def test_training_mode_batchnorm_and_drop_path_match_timm_draw_for_draw(variant: str) -> None:
+    """In train mode BatchNorm normalises by batch statistics and updates its running ones; stochastic depth draws
+    one mask per block in timm's order. Same seed: same outputs, same statistics after, same gradients."""
+    timm_model = make_timm(variant, drop_path_rate=0.3)
+    ours = vitzoo_from_timm(timm_model, "classifier", drop_path_rate=0.3)
+    timm_model.train()
+    ours.train()
+    x = torch.randn(4, 3, 64, 64)
+    torch.manual_seed(7)
+    expected = timm_model(x)
+    torch.manual_seed(7)
+    got = ours(x).logits
+    torch.testing.assert_close(got, expected, **TOL)
+    mapped = family_for(timm_model).convert_state_dict(timm_model.state_dict())
+    after = ours.state_dict()
+    for key, value in mapped.items():  # running_mean / running_var / num_batches_tracked moved alike
+        torch.testing.assert_close(after[key], value, **TOL, msg=key)
+    if variant != "groupnorm":
+        assert int(after["resnet.stem.bn1.num_batches_tracked"]) == 1 + int(
+            make_timm(variant).state_dict()["bn1.num_batches_tracked"]
+        )
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    mine = dict(ours.named_parameters())["resnet.stages.2.blocks.1.conv2.weight"].grad
+    torch.testing.assert_close(mine, timm_model.layer3[1].conv2.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    timm_model = make_timm("seresnext_se")
+    grads = []
+    for checkpointing in (False, True):
+        model = vitzoo_from_timm(timm_model, "classifier").train()
+        model.load_state_dict(vitzoo_from_timm(timm_model, "classifier").state_dict())  # same BN stats each run
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        model(x, labels=torch.tensor([1, 2])).loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], **TOL, msg=key)
+
+
+def test_channels_last_inputs_give_the_same_numbers() -> None:
+    ours = vitzoo_from_timm(make_timm("seresnext_se"), "classifier")
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        reference = ours(x).logits
+        torch.testing.assert_close(ours(x.to(memory_format=torch.channels_last)).logits, reference, **TOL)
+        ours_cl = ours.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours_cl(x).logits, reference, **TOL)
+
+
+def test_new_model_starts_as_timm_does() -> None:
+    """From scratch (no checkpoint): each block's last norm starts at zero (``zero_init_last``), so every block
+    starts as its shortcut; convs are Kaiming-normal with fan-out, norms at identity."""
+    config = VitzooResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512], num_labels=3)
+    model = VitzooResNetModel(config)
+    for stage in model.stages:
+        for block in stage.blocks:
+            assert torch.count_nonzero(block.bn3.weight) == 0
+            assert torch.all(block.bn1.weight == 1) and torch.all(block.bn1.running_var == 1)
+    conv = model.stages[3].blocks[0].conv2.weight  # fan out = 128 * 9
+    assert abs(conv.std().item() - (2 / (128 * 9)) ** 0.5) < 0.2 * (2 / (128 * 9)) ** 0.5
+    kept = VitzooResNetModel(VitzooResNetConfig(depths=[1, 1, 1, 1], zero_init_last=False))
+    assert torch.all(kept.stages[0].blocks[0].bn3.weight == 1)
+
+
+def test_attentions_are_refused_and_hidden_states_are_stem_plus_stages() -> None:
+    model = vitzoo_from_timm(make_timm("resnet50"), "classifier")
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="no attention maps, so output_attentions=True cannot be honoured"):
+        model(x, output_attentions=True)
+    with pytest.raises(ValueError, match="no attention maps"):
+        vitzoo_from_timm(make_timm("resnet50"), "backbone")(x, output_attentions=True)
+    out = model(x, output_hidden_states=True)
+    assert [tuple(h.shape[1:]) for h in out.hidden_states] == [
+        (64, 32, 32),
+        (64, 16, 16),
+        (96, 8, 8),
+        (128, 4, 4),
+        (192, 2, 2),
+    ]
+    assert out.attentions is None
+
+
+def test_avgpool_anti_aliasing_names_the_sizes_it_takes() -> None:
+    timm_model = make_timm("aa_avgpool")
+    ours = vitzoo_from_timm(timm_model, "classifier")
+    x = torch.randn(1, 3, 72, 40)
+    with pytest.raises(RuntimeError):  # timm's own model fails on the residual sum
+        timm_model(x)
+    with pytest.raises(ValueError, match=r"A 72x40 input leaves an odd-sized map .* e\.g\. 64x32"):
+        ours(x)
+    ours(torch.randn(1, 3, 33, 63))  # odd at the input, even at every stage: fine, as in timm
+    timm_model(torch.randn(1, 3, 33, 63))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(aa_layer=timm.layers.BlurPool2d, block_args=dict(attn_layer="cbam")), "block attention CbamModule"),
+        (dict(output_stride=16), "dilated ResNet stages"),
+        (dict(drop_block_rate=0.1), "DropBlock"),
+        (dict(norm_layer="layernorm2d"), "norm layer LayerNorm2d is not supported"),
+        (dict(block_args=dict(attn_layer="gc")), "block attention GlobalContext"),
+    ],
+)
+def test_unsupported_timm_options_are_refused_by_name(kwargs, message) -> None:
+    timm_model = perturb(timm.create_model("resnet50", **{**TINY_RESNET, **kwargs})).eval()
+    with pytest.raises(UnsupportedArchitecture, match=message):
+        family_for(timm_model).config_from_timm(timm_model)
+
+
+def test_pruned_models_are_refused_before_weights_are_read() -> None:
+    with torch.device("meta"):
+        pruned = timm.create_model("ecaresnet50d_pruned")
+    with pytest.raises(UnsupportedArchitecture, match="pruned ResNet"):
+        family_for(pruned).config_from_timm(pruned)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stem_type": "hex"}, "Unknown stem_type 'hex'"),
+        ({"block_types": ["basic"] * 4, "hidden_sizes": [64, 128, 256, 512], "cardinality": 32}, "basic blocks"),
+        ({"block_types": ["bottleneck"] * 4, "hidden_sizes": [66, 128, 256, 512]}, "66 is not a multiple"),
+        ({"block_types": ["basic"] * 3}, "block_types lists 3 values; give one per stage"),
+        ({"stage_strides": [1, 2, 2, 2]}, "every ResNet stage halves the map"),
+        ({"attn_type": "cbam"}, "Unknown attn_type 'cbam'"),
+        ({"aa_type": "blur"}, "Unknown aa_type 'blur'"),
+        ({"norm_type": "layernorm"}, "Unknown norm_type 'layernorm'"),
+        ({"global_pool": "token"}, "Unknown global_pool 'token'"),
+    ],
+)
+def test_bad_config_errors_name_the_problem(overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        VitzooResNetConfig(**overrides)
+
+
+def test_bad_inputs_get_a_message_with_the_fix() -> None:
+    model = VitzooResNetForImageClassification(
+        VitzooResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[32, 32, 32, 32], num_labels=2)
+    )
+    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(TypeError, match=r"dtype torch\.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))

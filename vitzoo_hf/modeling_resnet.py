@@ -1,0 +1,338 @@
+"""The ``vitzoo_resnet`` family: timm's ResNet line as transformers models.
+
+Numerically equal to timm (``forward_features``, pre-logits, logits, stem and stage outputs, BatchNorm in train
+mode) on the same weights, at any input size timm takes. Module names mirror timm's, so timm's BatchNorm
+statistics load as they are. Ships as Hub remote code: imports torch, transformers and sibling files only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
+
+# Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
+from .common_compat import BackboneMixin, init
+from .common_config import VitzooConfig  # noqa: F401
+from .common_heads import ClassifierHead  # noqa: F401
+from .common_layers import DropPath
+from .common_modeling import VitzooPreTrainedMixin
+from .configuration_resnet import BLOCK_TYPES, VitzooResNetConfig
+from .stage_config import StageConfig  # noqa: F401
+from .stage_modeling import (
+    StageBackboneMixin,
+    StageClassifierMixin,
+    StageModelMixin,
+    block_drop_rates,
+    init_stage_weights,
+)
+
+
+def build_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
+    if config.norm_type == "groupnorm":
+        return nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
+    return nn.BatchNorm2d(channels, eps=config.norm_eps)
+
+
+def build_act(config: VitzooResNetConfig) -> nn.Module:
+    """In place for ReLU, as timm: each activation overwrites a tensor nothing else reads, saving a copy."""
+    return nn.ReLU(inplace=True) if config.hidden_act == "relu" else ACT2FN[config.hidden_act]
+
+
+class BlurPool2d(nn.Module):
+    """timm's ``BlurPool2d``: a 3x3 binomial blur (reflect padding) then subsampling. The filter is a constant
+    built on each call, so there is no buffer a checkpoint would lack."""
+
+    def __init__(self, channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = x.new_tensor([0.25, 0.5, 0.25])
+        weight = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)
+        return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), weight, stride=self.stride, groups=self.channels)
+
+
+def build_aa(config: VitzooResNetConfig, channels: int, stride: int) -> nn.Module:
+    """The anti-aliased downsampling that replaces a strided conv's stride (timm ``create_aa``)."""
+    if config.aa_type == "avgpool":
+        return nn.AvgPool2d(stride)
+    return BlurPool2d(channels, stride)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """timm's channel rounding for SE (``round_limit=0``): the nearest multiple of ``divisor``, at least one."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nn.Module):
+    """timm ``SEModule``: channels gated by a two-layer MLP (1x1 convs) over their spatial mean."""
+
+    def __init__(self, channels: int, ratio: float) -> None:
+        super().__init__()
+        reduced = make_divisible(channels * ratio)
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+
+
+class EfficientChannelAttention(nn.Module):
+    """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        t = int(abs(math.log(channels, 2) + 1) / 2)
+        kernel = max(t if t % 2 else t + 1, 3)
+        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1)).sigmoid()
+        return x * gate.view(x.shape[0], -1, 1, 1)
+
+
+def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """The projection on a block's shortcut: a strided conv + norm, or (``avg_down``, ResNet-D) a 2x2 average pool
+    then a 1x1 conv + norm."""
+    norm = build_norm(config, out_channels)
+    if config.avg_down:
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), norm)
+    kernel = config.down_kernel_size if stride > 1 else 1
+    padding = ((stride - 1) + (kernel - 1)) // 2
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False), norm)
+
+
+class ResNetBlock(nn.Module):
+    """A residual block: the block type's branch (``residual``), then attention (SE/ECA), drop path, the shortcut
+    (projected where the shape changes) and the final activation. Each intermediate is dropped as soon as the next
+    one exists, as in timm: holding one longer costs CPU time in allocation. A block type marks its last norm
+    ``last_in_block`` (``zero_init_last`` starts it at zero)."""
+
+    def __init__(
+        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+    ) -> None:
+        super().__init__()
+        if config.attn_type == "se":
+            self.se = SqueezeExcite(out_channels, config.se_ratio)
+        else:
+            self.se = EfficientChannelAttention(out_channels) if config.attn_type == "eca" else None
+        changes = stride != 1 or in_channels != out_channels
+        self.downsample = build_shortcut(config, in_channels, out_channels, stride) if changes else None
+        self.drop_path = DropPath(drop_path)
+        self.act_out = build_act(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.residual(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut  # in place, as timm: the branch's last tensor is not read again
+        return self.act_out(x)
+
+
+class BasicBlock(ResNetBlock):
+    """Two 3x3 convs (ResNet-18/34); anti-aliasing replaces the first conv's stride."""
+
+    def __init__(
+        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+    ) -> None:
+        super().__init__(config, in_channels, out_channels, stride, drop_path)
+        first = out_channels // config.block_reduce_first
+        use_aa = config.aa_type is not None and stride == 2
+        self.conv1 = nn.Conv2d(in_channels, first, 3, 1 if use_aa else stride, 1, bias=False)
+        self.bn1 = build_norm(config, first)
+        self.act1 = build_act(config)
+        self.aa = build_aa(config, first, stride) if use_aa else nn.Identity()
+        self.conv2 = nn.Conv2d(first, out_channels, 3, padding=1, bias=False)
+        self.bn2 = build_norm(config, out_channels)
+        self.bn2.last_in_block = True
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.aa(self.act1(self.bn1(self.conv1(x))))
+        return self.bn2(self.conv2(x))
+
+
+class Bottleneck(ResNetBlock):
+    """1x1 reduce -> 3x3 (grouped for ResNeXt, strided or anti-aliased) -> 1x1 expand (ResNet-50 and up)."""
+
+    def __init__(
+        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+    ) -> None:
+        super().__init__(config, in_channels, out_channels, stride, drop_path)
+        planes = out_channels // BLOCK_TYPES["bottleneck"]
+        width = int(math.floor(planes * (config.base_width / 64)) * config.cardinality)
+        first = width // config.block_reduce_first
+        use_aa = config.aa_type is not None and stride == 2
+        self.conv1 = nn.Conv2d(in_channels, first, 1, bias=False)
+        self.bn1 = build_norm(config, first)
+        self.act1 = build_act(config)
+        conv_stride = 1 if use_aa else stride
+        self.conv2 = nn.Conv2d(first, width, 3, conv_stride, 1, groups=config.cardinality, bias=False)
+        self.bn2 = build_norm(config, width)
+        self.act2 = build_act(config)
+        self.aa = build_aa(config, width, stride) if use_aa else nn.Identity()
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = build_norm(config, out_channels)
+        self.bn3.last_in_block = True
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.aa(self.act2(self.bn2(self.conv2(x))))
+        return self.bn3(self.conv3(x))
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class VitzooResNetStem(nn.Module):
+    """One 7x7 stride-2 conv, or three 3x3 convs (deep stems), then norm and activation: the stride-2 map timm's
+    ``features_only`` returns first. (The stem's pool, ``stem_pool``, follows it.)"""
+
+    def __init__(self, config: VitzooResNetConfig) -> None:
+        super().__init__()
+        out = config.stem_width
+        if config.stem_type:
+            mid = config.deep_stem_width
+            first = 3 * (mid // 4) if config.stem_type == "deep_tiered" else mid
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(config.num_channels, first, 3, 2, 1, bias=False),
+                build_norm(config, first),
+                build_act(config),
+                nn.Conv2d(first, mid, 3, 1, 1, bias=False),
+                build_norm(config, mid),
+                build_act(config),
+                nn.Conv2d(mid, out, 3, 1, 1, bias=False),
+            )
+        else:
+            self.conv1 = nn.Conv2d(config.num_channels, out, 7, 2, 3, bias=False)
+        self.bn1 = build_norm(config, out)
+        self.act1 = build_act(config)
+        self.avgpool_aa = config.aa_type == "avgpool"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.avgpool_aa:
+            check_even_stage_inputs(x.shape[-2], x.shape[-1])
+        return self.act1(self.bn1(self.conv1(x)))
+
+
+def check_even_stage_inputs(height: int, width: int) -> None:
+    """Average-pool anti-aliasing floors odd sizes where the ResNet-D shortcut rounds up, so every stage needs an
+    even input; say so before the residual sum fails on mismatched shapes (timm's model fails there)."""
+    after_pool = [(size + 1) // 2 // 2 for size in (height, width)]
+    if any(size % 8 for size in after_pool):
+        fit = [max(32, round(size / 32) * 32) for size in (height, width)]
+        raise ValueError(
+            f"A {height}x{width} input leaves an odd-sized map at some stage, which average-pool anti-aliasing "
+            f"(aa_type='avgpool') cannot downsample to the shortcut's size. Use a multiple of 32, e.g. "
+            f"{fit[0]}x{fit[1]}."
+        )
+
+
+def build_stem_pool(config: VitzooResNetConfig) -> nn.Module:
+    """timm's ``maxpool``: a 3x3 stride-2 max pool; with anti-aliasing a 2x2 average pool or a stride-1 max pool
+    then a blur; with ``replace_stem_pool`` a (anti-aliased) strided 3x3 conv + norm + activation."""
+    channels = config.stem_width
+    if config.replace_stem_pool:
+        conv = nn.Conv2d(channels, channels, 3, 1 if config.aa_type else 2, 1, bias=False)
+        aa = [build_aa(config, channels, 2)] if config.aa_type else []
+        return nn.Sequential(conv, *aa, build_norm(config, channels), build_act(config))
+    if config.aa_type == "avgpool":
+        return nn.AvgPool2d(2)
+    if config.aa_type == "blurpool":
+        return nn.Sequential(nn.MaxPool2d(3, 1, 1), BlurPool2d(channels, 2))
+    return nn.MaxPool2d(3, 2, 1)
+
+
+class VitzooResNetStage(GradientCheckpointingLayer):
+    """A stage's blocks; the first block is strided in every stage after the first."""
+
+    def __init__(self, config: VitzooResNetConfig, index: int, drop_rates: list[float]) -> None:
+        super().__init__()
+        widths = [config.stem_width, *config.hidden_sizes]
+        in_channels, out_channels = widths[index], widths[index + 1]
+        block = BLOCKS[config.block_types[index]]
+        stride = 1 if index == 0 else 2
+        self.blocks = nn.Sequential(
+            *(
+                block(config, in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1, rate)
+                for i, rate in enumerate(drop_rates)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class VitzooResNetPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
+    config_class = VitzooResNetConfig
+    config: VitzooResNetConfig
+    base_model_prefix = "resnet"
+    _no_split_modules = ["VitzooResNetStage"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm's init: convs Kaiming-normal (fan out), norms at identity, and (``zero_init_last``) each block's
+        last norm at zero so that a new network starts as its shortcuts."""
+        init_stage_weights(module, self.config.initializer_range)
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Conv1d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))  # torch's default, as timm leaves it
+        elif getattr(module, "last_in_block", False) and self.config.zero_init_last:
+            init.zeros_(module.weight)
+
+
+class VitzooResNetModel(StageModelMixin, VitzooResNetPreTrainedModel):
+    """``last_hidden_state`` = timm ``forward_features`` (NCHW, stride 32); ``pooler_output`` = the pooled map
+    (timm pre-logits); ``hidden_states`` = the stem (stride 2) then each stage."""
+
+    def __init__(self, config: VitzooResNetConfig) -> None:
+        super().__init__(config)
+        self.stem = VitzooResNetStem(config)
+        self.stem_pool = build_stem_pool(config)
+        rates = block_drop_rates(config)
+        self.stages = nn.ModuleList(VitzooResNetStage(config, i, rates[i]) for i in range(len(config.depths)))
+        self.norm = nn.Identity()
+        self.pre_logits = nn.Identity()
+        self.post_init()
+
+
+class VitzooResNetForImageClassification(StageClassifierMixin, VitzooResNetPreTrainedModel):
+    """A configurable head (linear / MLP / none) over the pooled map (timm's ``fc`` is the linear head)."""
+
+    def __init__(self, config: VitzooResNetConfig) -> None:
+        super().__init__(config)
+        self.resnet = VitzooResNetModel(config)
+        self.init_head(config, config.hidden_sizes[-1])
+        self.post_init()
+        if config.freeze_backbone:
+            self.freeze_backbone()
+
+
+class VitzooResNetBackbone(StageBackboneMixin, BackboneMixin, VitzooResNetPreTrainedModel):
+    """NCHW maps of chosen stages (strides 2, 4, 8, 16, 32 for stem, stage1..4), equal to timm
+    ``forward_intermediates`` / ``features_only``."""
+
+    def __init__(self, config: VitzooResNetConfig) -> None:
+        super().__init__(config)
+        self.resnet = VitzooResNetModel(config)
+        self.init_stage_backbone(config)
+        self.post_init()
+
+
+__all__ = [
+    "VitzooResNetBackbone",
+    "VitzooResNetForImageClassification",
+    "VitzooResNetModel",
+    "VitzooResNetPreTrainedModel",
+]
