@@ -8,8 +8,11 @@ Target module names (the same in every family, mirroring timm):
              and the output projection `proj`
   MLP        `fc1`, `fc2`; SwiGLU with separate gate: `fc1_g`, `fc1_x`, `fc2`; ConvNeXt's pointwise `mlp.fc1`,
              `mlp.fc2` (Linear layers, or 1x1 convolutions in the `conv_mlp` models: PEFT adapts both)
+  ResNet     the block convolutions `conv1`, `conv2`, `conv3` (1x1 and 3x3, grouped in ResNeXt)
 The regular expression below picks those inside the blocks only (`proj` alone would also match the patch embedding
-convolution and the attention-pool head; ConvNeXt's depthwise `conv_dw` is left as it is).
+convolution and the attention-pool head; ConvNeXt's depthwise `conv_dw`, the stems and shortcuts are left as they
+are). BatchNorm layers update their running statistics while training, and an adapter holds only what it saves:
+they are saved with it (``modules_to_save``), or the reloaded adapter would run on the old statistics.
 
 Prints one JSON line: trainable parameter share, losses, accuracy, and the largest output difference between the
 trained adapter, the reloaded adapter and the merged model.
@@ -24,13 +27,20 @@ from image_folder import classifier_for, collate, load_image_folder, training_pa
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader
 
-BLOCK_PROJECTIONS = r".*blocks\.\d+\.(attn\.(qkv|q_proj|k_proj|v_proj|proj)|mlp\.(fc1|fc1_g|fc1_x|fc2))"
+BLOCK_PROJECTIONS = (
+    r".*blocks\.\d+\.(attn\.(qkv|q_proj|k_proj|v_proj|proj)|mlp\.(fc1|fc1_g|fc1_x|fc2)|conv1|conv2|conv3)"
+)
 
 
-def lora_config(rank: int) -> LoraConfig:
-    # `head` is new for these classes, so it is trained in full and saved with the adapter.
+def lora_config(model: torch.nn.Module, rank: int) -> LoraConfig:
+    # `head` is new for these classes, so it is trained in full and saved with the adapter; so are BatchNorms.
+    batch_norms = [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     return LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=BLOCK_PROJECTIONS, modules_to_save=["head"]
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=BLOCK_PROJECTIONS,
+        modules_to_save=["head", *batch_norms],
     )
 
 
@@ -41,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     dataset, labels, _ = load_image_folder(args.data, args.model)
-    model = get_peft_model(classifier_for(args.model, labels), lora_config(args.rank))
+    classifier = classifier_for(args.model, labels)
+    model = get_peft_model(classifier, lora_config(classifier, args.rank))
     trainable, total = model.get_nb_trainable_parameters()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     train = DataLoader(dataset["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate)

@@ -140,7 +140,7 @@ def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folde
     assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "convnext"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "convnext", "resnet50"])
 def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, tmp_path) -> None:
     folder, _, _ = folders(variant)
     reference = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
@@ -165,6 +165,7 @@ def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, t
         ("eva02_clip_scale_attn", ["fc1_g", "fc1_x", "fc2", "k_proj", "proj", "q_proj", "v_proj"]),
         ("convnext", ["fc1", "fc2"]),  # Linear pointwise layers
         ("v2_grn_conv_mlp", ["fc1", "fc2"]),  # 1x1 convolutions
+        ("resnext_groups", ["conv1", "conv2", "conv3"]),  # 1x1 and grouped 3x3 convolutions, BatchNorm saved
     ],
 )
 def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf_home, tmp_path) -> None:
@@ -190,12 +191,13 @@ def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf
         ("dinov3", "feature-extraction"),
         ("eva02_mim", "feature-extraction"),
         ("convnext", "image-classification"),
+        ("seresnext_se", "image-classification"),
     ],
 )
 def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_home, tmp_path) -> None:
     folder, _, _ = folders(variant)
     path = tmp_path / "model.onnx"
-    sizes = ["32", "48x40", "24x56"] if variant != "convnext" else ["32", "64x96", "96x64"]
+    sizes = ["32", "64x96", "96x64"] if variant in ("convnext", "seresnext_se") else ["32", "48x40", "24x56"]
     summary = run_example(
         "compile_and_export.py", "--model", str(folder), "--onnx", str(path), "--task", task, "--sizes", *sizes,
         hf_home=hf_home,
@@ -211,7 +213,7 @@ def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_h
     assert [bool(d.dim_param) for d in graph_input] == [True, False, True, True]
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map", "convnext"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map", "convnext", "resnet50"])
 def test_feature_extraction_pipeline_gives_timm_pre_logits(variant, folders, toy) -> None:
     folder, _, timm_model = folders(variant)
     image = Image.open(toy / "validation" / "red" / "red_001.png").convert("RGB")
