@@ -1,6 +1,6 @@
 """Coverage sweep: every pretrained tag of the timm modules of every registered family, converted and verified.
 
-    python -m conversion.sweep [--depth 2] [--filter SUBSTRING] [--workers 2] [--json FILE]
+    python -m conversion.sweep [--depth 2] [--family NAME] [--filter SUBSTRING] [--workers 2] [--json FILE]
 
 Each tag is built with ``pretrained=False`` and its own pretrained config (input size, classes, mean/std),
 at a reduced depth (the family's truncation hook; every other argument intact), perturbed, saved as a
@@ -26,8 +26,11 @@ from conversion.convert_timm import convert, family_of
 from conversion.families import conversions
 
 
-def supported_tags(substring: str | None = None) -> list[str]:
-    modules = sorted({module for conversion in conversions() for module in conversion.TIMM_MODULES})
+def supported_tags(substring: str | None = None, family: str | None = None) -> list[str]:
+    known = conversions()
+    if family is not None and family not in {c.name for c in known}:
+        raise SystemExit(f"Unknown family {family!r}; registered: {', '.join(c.name for c in known)}.")
+    modules = sorted({m for c in known if family in (None, c.name) for m in c.TIMM_MODULES})
     tags = sorted(timm.list_models(module=modules, pretrained=True))
     return [t for t in tags if substring is None or substring in t]
 
@@ -62,11 +65,12 @@ def sweep_one(tag: str, depth: int) -> tuple[str, bool, str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--family", default=None, help="only the tags of this family's timm modules")
     parser.add_argument("--filter", default=None, help="only tags containing this substring")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
     args = parser.parse_args(argv)
-    tags = supported_tags(args.filter)
+    tags = supported_tags(args.filter, args.family)
     with ProcessPoolExecutor(args.workers) as pool:
         results = []
         for result in pool.map(sweep_one, tags, [args.depth] * len(tags)):
