@@ -36,6 +36,8 @@ CONFIGS = [  # (label, timm name, timm kwargs, native port)
     ("ConvNeXt-V2-T", "convnextv2_tiny", {}, "convnext"),
     ("DINOv3 ConvNeXt-T", "convnext_tiny", {"num_classes": 0}, "dinov3_convnext"),
     ("ConvNeXt-B", "convnext_base", {}, "convnext"),
+    ("ResNet-18", "resnet18", {}, "resnet"),
+    ("ResNet-50", "resnet50", {}, "resnet"),
 ]
 
 
@@ -43,7 +45,8 @@ def build(name: str, kwargs: dict, port: str, device: str, dtype: torch.dtype, c
     reference = timm.create_model(name, pretrained=False, **kwargs).eval()
     with torch.no_grad():  # away from timm's init (zero biases, LayerScale 1e-6), which hides mapping bugs
         for tensor in reference.state_dict().values():
-            tensor.add_(torch.randn_like(tensor) * 0.02)
+            if tensor.is_floating_point():  # not BatchNorm's batch counter
+                tensor.add_(torch.randn_like(tensor) * 0.02)
     family = family_for(reference)
     ours = family.model(family.config_from_timm(reference))
     ours.load_state_dict(family.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
@@ -57,7 +60,7 @@ def runners(models) -> dict:
     return {
         "timm": lambda x: reference.forward_head(reference.forward_features(x), pre_logits=True),
         "ours": lambda x: ours(x).pooler_output,
-        "native": lambda x: native(pixel_values=x).pooler_output,
+        "native": lambda x: native(pixel_values=x).pooler_output.flatten(1),  # ResNetModel's is (B, C, 1, 1)
     }
 
 

@@ -1,4 +1,5 @@
-"""The same timm weights in transformers' native ports (ViT, DINOv2, DINOv3, ConvNeXt(-V2), DINOv3 ConvNeXt).
+"""The same timm weights in transformers' native ports (ViT, DINOv2, DINOv3, ConvNeXt(-V2), DINOv3 ConvNeXt,
+ResNet).
 
 Each builder returns a native model holding a timm model's weights; the benchmark checks its outputs against
 timm before timing anything.
@@ -18,6 +19,8 @@ from transformers import (
     DINOv3ConvNextModel,
     DINOv3ViTConfig,
     DINOv3ViTModel,
+    ResNetConfig,
+    ResNetModel,
     ViTConfig,
     ViTModel,
 )
@@ -216,4 +219,39 @@ def dinov3_convnext(timm_model, attn: str | None = None) -> DINOv3ConvNextModel:
     return model.eval()
 
 
-PORTS.update(convnext=convnext, dinov3_convnext=dinov3_convnext)
+def resnet(timm_model, attn: str | None = None) -> ResNetModel:
+    """timm ``resnet18`` / ``resnet50`` (torchvision layout: 7x7 stem, max pool, stride in the 3x3 conv) ->
+    transformers ResNetModel."""
+    stages = [getattr(timm_model, f"layer{i}") for i in range(1, 5)]
+    bottleneck = type(stages[0][0]).__name__ == "Bottleneck"
+    last_conv = "conv3" if bottleneck else "conv2"
+    config = ResNetConfig(
+        embedding_size=timm_model.conv1.out_channels,
+        hidden_sizes=[getattr(stage[0], last_conv).out_channels for stage in stages],
+        depths=[len(stage) for stage in stages],
+        layer_type="bottleneck" if bottleneck else "basic",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,
+    )
+    state, out = timm_model.state_dict(), {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] in ("conv1", "bn1"):
+            kind = "convolution" if parts[0] == "conv1" else "normalization"
+            out[f"embedder.embedder.{kind}.{parts[1]}"] = value
+        elif parts[0].startswith("layer"):
+            prefix = f"encoder.stages.{int(parts[0][5:]) - 1}.layers.{parts[1]}"
+            if parts[2] == "downsample":
+                kind = "convolution" if parts[3] == "0" else "normalization"
+                out[f"{prefix}.shortcut.{kind}.{parts[4]}"] = value
+            else:
+                kind = "convolution" if parts[2].startswith("conv") else "normalization"
+                out[f"{prefix}.layer.{int(parts[2][-1]) - 1}.{kind}.{parts[3]}"] = value
+        elif parts[0] != "fc":
+            raise KeyError(f"no native name for {key}")
+    model = ResNetModel(config)
+    model.load_state_dict(out, strict=True)
+    return model.eval()
+
+
+PORTS.update(convnext=convnext, dinov3_convnext=dinov3_convnext, resnet=resnet)

@@ -106,8 +106,10 @@ def main() -> None:
         forward("forward_cuda_fp16.json", "Forward, GPU fp16"),
         forward("forward_cuda_bf16_compile.json", "Forward, GPU bf16, torch.compile"),
         forward("stage_forward_cpu.json", "ConvNeXt forward, CPU fp32, 224", "bench_stage_forward.py", "format"),
+        forward("stage_forward_resnet_cpu.json", "ResNet forward, CPU fp32, 224", "bench_stage_forward.py", "format"),
         load(),
         load("load_convnext.json", "Load, ConvNeXt"),
+        load("load_resnet.json", "Load, ResNet"),
         conversion(),
     ]
     body = "\n\n".join("\n".join(section) for section in sections)
