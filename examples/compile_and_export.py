@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = Exportable(load(args.model, args.task), OUTPUTS[args.task]).eval()
     config = model.model.config
-    native, patch = pair(config.image_size), pair(config.patch_size)
+    # The step input sides vary by: the patch (token families, ConvNeXt's patch stem), else the total stride (ResNet).
+    native, patch = pair(config.image_size), pair(getattr(config, "patch_size", None) or config.strides[-1])
     sizes = args.sizes or [native, (native[0] + 2 * patch[0], native[1] + patch[1])]
     summary = {"task": args.task, "sizes": [list(size) for size in sizes]}
     if not args.skip_compile:

@@ -8,7 +8,8 @@ Target module names (the same in every family, mirroring timm):
              and the output projection `proj`
   MLP        `fc1`, `fc2`; SwiGLU with separate gate: `fc1_g`, `fc1_x`, `fc2`; ConvNeXt's pointwise `mlp.fc1`,
              `mlp.fc2` (Linear layers, or 1x1 convolutions in the `conv_mlp` models: PEFT adapts both)
-  ResNet     the block convolutions `conv1`, `conv2`, `conv3` (1x1 and 3x3, grouped in ResNeXt)
+  ResNet     the block convolutions `conv1`, `conv2`, `conv3` (ResNeXt's grouped 3x3 `conv2` only at a rank that
+             is a multiple of its groups: PEFT's limit)
 The regular expression below picks those inside the blocks only (`proj` alone would also match the patch embedding
 convolution and the attention-pool head; ConvNeXt's depthwise `conv_dw`, the stems and shortcuts are left as they
 are). BatchNorm layers update their running statistics while training, and an adapter holds only what it saves:
@@ -21,6 +22,7 @@ trained adapter, the reloaded adapter and the merged model.
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 from image_folder import classifier_for, collate, load_image_folder, training_parser
@@ -33,14 +35,17 @@ BLOCK_PROJECTIONS = (
 
 
 def lora_config(model: torch.nn.Module, rank: int) -> LoraConfig:
-    # `head` is new for these classes, so it is trained in full and saved with the adapter; so are BatchNorms.
+    """Adapters on the block projections PEFT can adapt at this rank: a grouped conv needs a rank divisible by its
+    groups (ResNeXt's 3x3 has 32), so those are left out below that. `head` is new for these classes, so it is
+    trained in full and saved with the adapter; so are BatchNorms."""
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if re.fullmatch(BLOCK_PROJECTIONS, name) and rank % getattr(module, "groups", 1) == 0
+    ]
     batch_norms = [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     return LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.0,
-        target_modules=BLOCK_PROJECTIONS,
-        modules_to_save=["head", *batch_norms],
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets, modules_to_save=["head", *batch_norms]
     )
 
 
