@@ -80,8 +80,8 @@ def test_toy_folder_has_both_splits_and_varied_sizes(toy: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variant", "headless"),
-    [("dinov2_reg", False), ("dinov3", True), ("convnext", False)],
-    ids=["head", "headless", "cnn"],
+    [("dinov2_reg", False), ("dinov3", True), ("convnext", False), ("resnet50", False)],
+    ids=["head", "headless", "cnn", "batchnorm_cnn"],
 )
 def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path, variant, headless) -> None:
     """On a folder with a 7-class head (replaced) and on a headless one (a head is created), as README shows."""
@@ -95,7 +95,9 @@ def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, t
     saved = Path(summary["saved"])
     config = json.loads((saved / "config.json").read_text())
     assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}
-    code = {"dinov3": "modeling_eva.py", "convnext": "modeling_convnext.py"}.get(variant, "modeling_vit.py")
+    code = {"dinov3": "modeling_eva.py", "convnext": "modeling_convnext.py", "resnet50": "modeling_resnet.py"}.get(
+        variant, "modeling_vit.py"
+    )
     assert {code, "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
 
 
@@ -120,7 +122,7 @@ def test_lightning_two_stages_checkpoint_resume_and_load(variant, toy, folders, 
     assert resumed["val_accuracy"] >= 0.9
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "convnext"])
+@pytest.mark.parametrize("variant", ["dinov2_reg", "convnext", "resnet50"])
 def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folders, hf_home, tmp_path) -> None:
     model, _, _ = folders(variant)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
