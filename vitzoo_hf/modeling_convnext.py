@@ -49,7 +49,9 @@ class GlobalResponseNorm(nn.Module):
 
 
 class ConvNextMlp(nn.Module):
-    """fc1 -> act -> (GRN) -> fc2, as Linear layers on channels-last tensors or 1x1 convs on NCHW maps."""
+    """fc1 -> act -> (GRN) -> fc2, as Linear layers on channels-last tensors or 1x1 convs on NCHW maps. The block
+    runs these layers itself: as a module call of its own, the MLP's input would stay alive to its end (the call
+    holds its arguments), where called from the block it is freed once fc1 has read it."""
 
     def __init__(self, config: VitzooConvNextConfig, dim: int) -> None:
         super().__init__()
@@ -59,12 +61,6 @@ class ConvNextMlp(nn.Module):
         self.act = ACT2FN[config.hidden_act]
         self.grn = GlobalResponseNorm(hidden, channels_last=not conv) if config.use_grn else None
         self.fc2 = nn.Conv2d(hidden, dim, 1) if conv else nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.fc1(x))
-        if self.grn is not None:
-            x = self.grn(x)
-        return self.fc2(x)
 
 
 class VitzooConvNextBlock(nn.Module):
@@ -83,15 +79,22 @@ class VitzooConvNextBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One step per line: each intermediate is freed as soon as the next exists (fewer fresh pages on CPU).
         shortcut = x
         x = self.conv_dw(x)
-        if self.conv_mlp:  # NCHW throughout
-            x = self.mlp(self.norm(x))
-            x = x if self.gamma is None else x * self.gamma.reshape(1, -1, 1, 1)
-        else:  # channels-last around the norm and the Linear MLP; LayerScale before permuting back (the same
-            # products as timm's, on contiguous memory)
-            x = self.mlp(self.norm(x.permute(0, 2, 3, 1)))
-            x = (x if self.gamma is None else x * self.gamma).permute(0, 3, 1, 2)
+        if not self.conv_mlp:  # channels-last around the norm and the Linear MLP
+            x = x.permute(0, 2, 3, 1)
+        x = self.norm(x)
+        mlp = self.mlp
+        x = mlp.fc1(x)
+        x = mlp.act(x)
+        if mlp.grn is not None:
+            x = mlp.grn(x)
+        x = mlp.fc2(x)
+        if self.gamma is not None:  # LayerScale before permuting back: timm's products, on contiguous memory
+            x = x * (self.gamma if not self.conv_mlp else self.gamma.reshape(1, -1, 1, 1))
+        if not self.conv_mlp:
+            x = x.permute(0, 3, 1, 2)
         # The residual first: the sum keeps the shortcut's memory layout for the next block's depthwise conv.
         return shortcut + self.drop_path(x)
 
