@@ -203,3 +203,24 @@ def save_tiny_folder(
     model.save_pretrained(folder)
     VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
     return model, timm_model
+
+
+def check_stage_model_calls(variant: str, hidden_shapes: list[tuple[int, int, int]]) -> None:
+    """What every stage family's models do on a call, on a tiny 64-pixel input: attentions refused by message
+    (classifier and backbone), hidden states = the stem's map then each stage's (``hidden_shapes``: C, H, W), and
+    wrong channels or raw-image dtypes explained."""
+    import pytest
+
+    model = vitzoo_from_timm(make_timm(variant), "classifier")
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="no attention maps, so output_attentions=True cannot be honoured"):
+        model(x, output_attentions=True)
+    with pytest.raises(ValueError, match="no attention maps"):
+        vitzoo_from_timm(make_timm(variant), "backbone")(x, output_attentions=True)
+    out = model(x, output_hidden_states=True)
+    assert [tuple(h.shape[1:]) for h in out.hidden_states] == hidden_shapes
+    assert out.attentions is None
+    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(TypeError, match=r"dtype torch\.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))

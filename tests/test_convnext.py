@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from tests.helpers import CONVNEXT_VARIANTS, make_timm, vitzoo_from_timm
-from vitzoo_hf import VitzooConvNextConfig, VitzooConvNextForImageClassification
+from tests.helpers import CONVNEXT_VARIANTS, check_stage_model_calls, make_timm, vitzoo_from_timm
+from vitzoo_hf import VitzooConvNextConfig
 
 # The native size, a larger non-square one, and sizes that are not multiples of 32 (each stride-2 step floors).
 SIZES = [(64, 64), (96, 64), (72, 40), (33, 47)]
@@ -122,22 +122,17 @@ def test_channels_last_inputs_give_the_same_numbers() -> None:
         torch.testing.assert_close(ours_cl(x).logits, ours(x).logits, atol=1e-6, rtol=1e-6)
 
 
-def test_attentions_are_refused_and_hidden_states_are_stem_plus_stages() -> None:
-    model = vitzoo_from_timm(make_timm("convnext"), "classifier")
-    x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(ValueError, match="no attention maps, so output_attentions=True cannot be honoured"):
-        model(x, output_attentions=True)
-    with pytest.raises(ValueError, match="no attention maps"):
-        vitzoo_from_timm(make_timm("convnext"), "backbone")(x, output_attentions=True)
-    out = model(x, output_hidden_states=True)
-    assert [tuple(h.shape[1:]) for h in out.hidden_states] == [
-        (16, 16, 16),
-        (16, 16, 16),
-        (24, 8, 8),
-        (32, 4, 4),
-        (48, 2, 2),
-    ]
-    assert out.attentions is None
+def test_calls_refuse_attentions_give_stem_and_stage_maps_and_explain_bad_inputs() -> None:
+    check_stage_model_calls(
+        "convnext",
+        [
+            (16, 16, 16),
+            (16, 16, 16),
+            (24, 8, 8),
+            (32, 4, 4),
+            (48, 2, 2),
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -177,13 +172,3 @@ def test_head_pooling_pools_the_final_map_then_pre_logits(pooling, reduce) -> No
 def test_bad_config_errors_name_the_problem(overrides, message) -> None:
     with pytest.raises(ValueError, match=message):
         VitzooConvNextConfig(**overrides)
-
-
-def test_bad_inputs_get_a_message_with_the_fix() -> None:
-    model = VitzooConvNextForImageClassification(
-        VitzooConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8], num_labels=2)
-    )
-    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
-        model(torch.randn(1, 1, 64, 64))
-    with pytest.raises(TypeError, match=r"dtype torch\.uint8"):
-        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))

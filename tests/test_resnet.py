@@ -9,8 +9,8 @@ from torch import nn
 
 from conversion.common import UnsupportedArchitecture
 from conversion.families import family_for
-from tests.helpers import RESNET_VARIANTS, TINY_RESNET, make_timm, perturb, vitzoo_from_timm
-from vitzoo_hf import VitzooResNetConfig, VitzooResNetForImageClassification, VitzooResNetModel
+from tests.helpers import RESNET_VARIANTS, TINY_RESNET, check_stage_model_calls, make_timm, perturb, vitzoo_from_timm
+from vitzoo_hf import VitzooResNetConfig, VitzooResNetModel
 
 # The native size, larger non-square ones, and sizes that are not multiples of 32 (each stride-2 step rounds up,
 # as timm's padded convolutions do); average-pool anti-aliasing takes multiples of 32 only, as in timm.
@@ -160,22 +160,17 @@ def test_new_model_starts_as_timm_does() -> None:
     assert torch.all(kept.stages[0].blocks[0].bn3.weight == 1)
 
 
-def test_attentions_are_refused_and_hidden_states_are_stem_plus_stages() -> None:
-    model = vitzoo_from_timm(make_timm("resnet50"), "classifier")
-    x = torch.randn(1, 3, 64, 64)
-    with pytest.raises(ValueError, match="no attention maps, so output_attentions=True cannot be honoured"):
-        model(x, output_attentions=True)
-    with pytest.raises(ValueError, match="no attention maps"):
-        vitzoo_from_timm(make_timm("resnet50"), "backbone")(x, output_attentions=True)
-    out = model(x, output_hidden_states=True)
-    assert [tuple(h.shape[1:]) for h in out.hidden_states] == [
-        (64, 32, 32),
-        (64, 16, 16),
-        (96, 8, 8),
-        (128, 4, 4),
-        (192, 2, 2),
-    ]
-    assert out.attentions is None
+def test_calls_refuse_attentions_give_stem_and_stage_maps_and_explain_bad_inputs() -> None:
+    check_stage_model_calls(
+        "resnet50",
+        [
+            (64, 32, 32),
+            (64, 16, 16),
+            (96, 8, 8),
+            (128, 4, 4),
+            (192, 2, 2),
+        ],
+    )
 
 
 def test_avgpool_anti_aliasing_names_the_sizes_it_takes() -> None:
@@ -230,13 +225,3 @@ def test_pruned_models_are_refused_before_weights_are_read() -> None:
 def test_bad_config_errors_name_the_problem(overrides, message) -> None:
     with pytest.raises(ValueError, match=message):
         VitzooResNetConfig(**overrides)
-
-
-def test_bad_inputs_get_a_message_with_the_fix() -> None:
-    model = VitzooResNetForImageClassification(
-        VitzooResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[32, 32, 32, 32], num_labels=2)
-    )
-    with pytest.raises(ValueError, match="has 1 channels but the model expects 3"):
-        model(torch.randn(1, 1, 64, 64))
-    with pytest.raises(TypeError, match=r"dtype torch\.uint8"):
-        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
