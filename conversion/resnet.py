@@ -156,7 +156,7 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
     fields.update(overrides)
     try:
         config = VitzooResNetConfig(**fields)
-    except ValueError as error:  # e.g. a pruned model's odd widths
+    except ValueError as error:  # a combination the config refuses, named in its message
         raise UnsupportedArchitecture(f"this ResNet's layout cannot be expressed: {error}") from error
     _check_shapes(model, config)
     return config

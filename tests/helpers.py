@@ -224,3 +224,52 @@ def check_stage_model_calls(variant: str, hidden_shapes: list[tuple[int, int, in
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(TypeError, match=r"dtype torch\.uint8"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def train_step_matches_timm(variant: str, drop_path_rate: float) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """One train-mode forward of the timm model and of ours from the same seed (stochastic depth draws one mask
+    per block in timm's order): equal outputs; then both backward through the same loss. Returns (timm, ours)
+    for the family's own checks of statistics and gradients."""
+    timm_model = make_timm(variant, drop_path_rate=drop_path_rate)
+    ours = vitzoo_from_timm(timm_model, "classifier", drop_path_rate=drop_path_rate)
+    timm_model.train()
+    ours.train()
+    x = torch.randn(4, 3, 64, 64)
+    torch.manual_seed(7)
+    expected = timm_model(x)
+    torch.manual_seed(7)
+    got = ours(x).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    return timm_model, ours
+
+
+def check_gradient_checkpointing(variant: str) -> None:
+    """The same gradients for every parameter with and without gradient checkpointing (each run from timm's
+    weights, so train-mode statistics start alike)."""
+    timm_model = make_timm(variant)
+    grads = []
+    for checkpointing in (False, True):
+        model = vitzoo_from_timm(timm_model, "classifier").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        model(x, labels=torch.tensor([1, 2])).loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+def check_channels_last(variant: str) -> None:
+    """channels_last inputs, and a model moved to channels_last, give the contiguous model's logits."""
+    ours = vitzoo_from_timm(make_timm(variant), "classifier")
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        reference = ours(x).logits  # before the move: ``to(memory_format=...)`` changes the model in place
+        torch.testing.assert_close(
+            ours(x.to(memory_format=torch.channels_last)).logits, reference, atol=1e-6, rtol=1e-6
+        )
+        ours.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours(x).logits, reference, atol=1e-6, rtol=1e-6)

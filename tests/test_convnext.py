@@ -7,7 +7,15 @@ import timm
 import torch
 from torch import nn
 
-from tests.helpers import CONVNEXT_VARIANTS, check_stage_model_calls, make_timm, vitzoo_from_timm
+from tests.helpers import (
+    CONVNEXT_VARIANTS,
+    check_channels_last,
+    check_gradient_checkpointing,
+    check_stage_model_calls,
+    make_timm,
+    train_step_matches_timm,
+    vitzoo_from_timm,
+)
 from vitzoo_hf import VitzooConvNextConfig
 
 # The native size, a larger non-square one, and sizes that are not multiples of 32 (each stride-2 step floors).
@@ -77,18 +85,7 @@ def _kwargs(variant: str) -> dict:
 def test_training_mode_with_drop_path_matches_timm_draw_for_draw(variant: str) -> None:
     """Stochastic depth draws one mask per block in the same order as timm: same seed, same outputs, and the
     gradients of every parameter agree."""
-    timm_model = make_timm(variant, drop_path_rate=0.4)
-    ours = vitzoo_from_timm(timm_model, "classifier", drop_path_rate=0.4)
-    timm_model.train()
-    ours.train()
-    x = torch.randn(4, 3, 64, 64)
-    torch.manual_seed(7)
-    expected = timm_model(x)
-    torch.manual_seed(7)
-    got = ours(x).logits
-    torch.testing.assert_close(got, expected, **TOL)
-    expected.square().sum().backward()
-    got.square().sum().backward()
+    timm_model, ours = train_step_matches_timm(variant, drop_path_rate=0.4)
     grads = {k: p.grad for k, p in ours.named_parameters()}
     assert grads["convnext.stages.2.blocks.1.mlp.fc1.weight"] is not None
     theirs = timm_model.stages[2].blocks[1].mlp.fc1.weight.grad
@@ -96,30 +93,11 @@ def test_training_mode_with_drop_path_matches_timm_draw_for_draw(variant: str) -
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
-    timm_model = make_timm("v2_grn_conv_mlp")
-    grads = []
-    for checkpointing in (False, True):
-        model = vitzoo_from_timm(timm_model, "classifier").train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        model(
-            torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), labels=torch.tensor([1, 2])
-        ).loss.backward()
-        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
-    for key in grads[0]:
-        torch.testing.assert_close(grads[0][key], grads[1][key], **TOL, msg=key)
+    check_gradient_checkpointing("v2_grn_conv_mlp")
 
 
 def test_channels_last_inputs_give_the_same_numbers() -> None:
-    ours = vitzoo_from_timm(make_timm("convnext"), "classifier")
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            ours(x.to(memory_format=torch.channels_last)).logits, ours(x).logits, atol=1e-6, rtol=1e-6
-        )
-        ours_cl = ours.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(ours_cl(x).logits, ours(x).logits, atol=1e-6, rtol=1e-6)
+    check_channels_last("convnext")
 
 
 def test_calls_refuse_attentions_give_stem_and_stage_maps_and_explain_bad_inputs() -> None:

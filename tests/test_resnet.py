@@ -9,7 +9,17 @@ from torch import nn
 
 from conversion.common import UnsupportedArchitecture
 from conversion.families import family_for
-from tests.helpers import RESNET_VARIANTS, TINY_RESNET, check_stage_model_calls, make_timm, perturb, vitzoo_from_timm
+from tests.helpers import (
+    RESNET_VARIANTS,
+    TINY_RESNET,
+    check_channels_last,
+    check_gradient_checkpointing,
+    check_stage_model_calls,
+    make_timm,
+    perturb,
+    train_step_matches_timm,
+    vitzoo_from_timm,
+)
 from vitzoo_hf import VitzooResNetConfig, VitzooResNetModel
 
 # The native size, larger non-square ones, and sizes that are not multiples of 32 (each stride-2 step rounds up,
@@ -95,16 +105,7 @@ def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: st
 def test_training_mode_batchnorm_and_drop_path_match_timm_draw_for_draw(variant: str) -> None:
     """In train mode BatchNorm normalises by batch statistics and updates its running ones; stochastic depth draws
     one mask per block in timm's order. Same seed: same outputs, same statistics after, same gradients."""
-    timm_model = make_timm(variant, drop_path_rate=0.3)
-    ours = vitzoo_from_timm(timm_model, "classifier", drop_path_rate=0.3)
-    timm_model.train()
-    ours.train()
-    x = torch.randn(4, 3, 64, 64)
-    torch.manual_seed(7)
-    expected = timm_model(x)
-    torch.manual_seed(7)
-    got = ours(x).logits
-    torch.testing.assert_close(got, expected, **TOL)
+    timm_model, ours = train_step_matches_timm(variant, drop_path_rate=0.3)
     mapped = family_for(timm_model).convert_state_dict(timm_model.state_dict())
     after = ours.state_dict()
     for key, value in mapped.items():  # running_mean / running_var / num_batches_tracked moved alike
@@ -113,36 +114,16 @@ def test_training_mode_batchnorm_and_drop_path_match_timm_draw_for_draw(variant:
         assert int(after["resnet.stem.bn1.num_batches_tracked"]) == 1 + int(
             make_timm(variant).state_dict()["bn1.num_batches_tracked"]
         )
-    expected.square().sum().backward()
-    got.square().sum().backward()
     mine = dict(ours.named_parameters())["resnet.stages.2.blocks.1.conv2.weight"].grad
     torch.testing.assert_close(mine, timm_model.layer3[1].conv2.weight.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
-    timm_model = make_timm("seresnext_se")
-    grads = []
-    for checkpointing in (False, True):
-        model = vitzoo_from_timm(timm_model, "classifier").train()
-        model.load_state_dict(vitzoo_from_timm(timm_model, "classifier").state_dict())  # same BN stats each run
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        model(x, labels=torch.tensor([1, 2])).loss.backward()
-        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
-    for key in grads[0]:
-        torch.testing.assert_close(grads[0][key], grads[1][key], **TOL, msg=key)
+    check_gradient_checkpointing("seresnext_se")
 
 
 def test_channels_last_inputs_give_the_same_numbers() -> None:
-    ours = vitzoo_from_timm(make_timm("seresnext_se"), "classifier")
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        reference = ours(x).logits
-        torch.testing.assert_close(ours(x.to(memory_format=torch.channels_last)).logits, reference, **TOL)
-        ours_cl = ours.to(memory_format=torch.channels_last)
-        torch.testing.assert_close(ours_cl(x).logits, reference, **TOL)
+    check_channels_last("seresnext_se")
 
 
 def test_new_model_starts_as_timm_does() -> None:
