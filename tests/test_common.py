@@ -327,7 +327,7 @@ class VitzooResNetModelTest(StageModelTest, unittest.TestCase):
 
 class VitzooResNetBasicDeepTest(VitzooResNetModelTest):
     """A second flag set: basic blocks, tiered deep stem with a conv instead of the pool, ResNet-D shortcuts, SE,
-    blur-pool anti-aliasing, GroupNorm."""
+    blur-pool anti-aliasing, GroupNorm, the stem's map taken after its pool (stride 4)."""
 
     overrides = dict(
         block_types=["basic"] * 4,
@@ -341,6 +341,7 @@ class VitzooResNetBasicDeepTest(VitzooResNetModelTest):
         aa_type="blurpool",
         norm_type="groupnorm",
         norm_groups=2,
+        stem_output="pool",
     )
 
 

@@ -101,6 +101,31 @@ def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: st
     assert backbone.channels == features_only.feature_info.channels()
 
 
+@pytest.mark.parametrize("variant", ["resnet50", "resnetrs_se_quarter_stem_conv", "blurpool", "aa_avgpool"])
+def test_pooled_stem_map_is_taken_after_the_stem_pool_at_stride_4(variant: str) -> None:
+    """``stem_output="pool"``: the stem's map after its pool (max pool, ResNet-RS's strided conv, or the
+    anti-aliased pools), as transformers' ResNetBackbone names "stem"; the stages' maps are unchanged."""
+    timm_model = make_timm(variant)
+    names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+    backbone = vitzoo_from_timm(timm_model, "backbone", out_features=names, stem_output="pool")
+    model = vitzoo_from_timm(timm_model, "model", stem_output="pool")
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        maps = backbone(x).feature_maps
+        hidden_states = model(x, output_hidden_states=True).hidden_states
+        theirs = timm_model.forward_intermediates(x, intermediates_only=True)
+        pooled_stem = timm_model.maxpool(theirs[0])
+    assert pooled_stem.shape[-2:] == (24, 16)
+    for mine in (maps, hidden_states):
+        torch.testing.assert_close(mine[0], pooled_stem, **TOL)
+        for index in range(1, 5):
+            torch.testing.assert_close(mine[index], theirs[index], **TOL)
+    assert backbone.strides == [4, 4, 8, 16, 32]
+    assert backbone.channels == [m.shape[1] for m in maps]
+    with pytest.raises(ValueError, match="Unknown stem_output 'maxpool'"):
+        VitzooResNetConfig(stem_output="maxpool")
+
+
 @pytest.mark.parametrize("variant", ["resnet50", "groupnorm", "seresnext_se"])
 def test_training_mode_batchnorm_and_drop_path_match_timm_draw_for_draw(variant: str) -> None:
     """In train mode BatchNorm normalises by batch statistics and updates its running ones; stochastic depth draws

@@ -16,6 +16,7 @@ STEM_TYPES = ("", "deep", "deep_tiered")
 ATTN_TYPES = ("se", "eca")
 AA_TYPES = ("avgpool", "blurpool")
 NORM_TYPES = ("batchnorm", "groupnorm")
+STEM_OUTPUTS = ("conv", "pool")
 
 
 class VitzooResNetConfig(StageConfig):
@@ -32,8 +33,10 @@ class VitzooResNetConfig(StageConfig):
     ("batchnorm", "groupnorm" with ``norm_groups``) and ``norm_eps`` [norm_layer], ``hidden_act`` [act_layer],
     ``zero_init_last`` (a new model starts each block's last norm at zero, as timm does).
 
-    The stem's map (``stage_names[0]``) is taken after its activation, at stride 2, as timm's ``features_only``;
-    the stem's pool follows it, so every stage's output is half the size of the one before (strides 4, 8, 16, 32).
+    ``stem_output`` says where the stem's map (``stage_names[0]``, ``hidden_states[0]``) is taken: "conv" after
+    its activation, at stride 2, as timm's ``features_only``; "pool" after the stem's pool, at stride 4, as
+    transformers' own ResNet names its "stem" (for heads written against that). The stages' maps are the same
+    either way (strides 4, 8, 16, 32), and so are the weights: it is a choice of output, not of architecture.
     """
 
     model_type = "vitzoo_resnet"
@@ -57,6 +60,7 @@ class VitzooResNetConfig(StageConfig):
         norm_eps: float = 1e-5,
         hidden_act: str = "relu",
         zero_init_last: bool = True,
+        stem_output: str = "conv",
         **kwargs,
     ) -> None:
         block_types = list(block_types)
@@ -67,6 +71,7 @@ class VitzooResNetConfig(StageConfig):
         check_choice("aa_type", aa_type, (*AA_TYPES, None))
         check_choice("norm_type", norm_type, NORM_TYPES)
         check_choice("hidden_act", hidden_act, ACT2FN)
+        check_choice("stem_output", stem_output, STEM_OUTPUTS)
         kwargs.setdefault("depths", (3, 4, 6, 3))
         kwargs.setdefault("hidden_sizes", (256, 512, 1024, 2048))
         kwargs.setdefault("stem_channels", 2 * deep_stem_width if stem_type else 64)
@@ -105,7 +110,14 @@ class VitzooResNetConfig(StageConfig):
         self.norm_eps = norm_eps
         self.hidden_act = hidden_act
         self.zero_init_last = zero_init_last
+        self.stem_output = stem_output
         super().__init__(**kwargs)
+
+    @property
+    def strides(self) -> list[int]:
+        """As the stage layer's, but a stem map taken after the stem's pool is at stride 4, as stage 1's."""
+        strides = super().strides
+        return [strides[1], *strides[1:]] if self.stem_output == "pool" else strides
 
 
 __all__ = ["VitzooResNetConfig"]

@@ -294,7 +294,7 @@ class VitzooResNetPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
 
 class VitzooResNetModel(StageModelMixin, VitzooResNetPreTrainedModel):
     """``last_hidden_state`` = timm ``forward_features`` (NCHW, stride 32); ``pooler_output`` = the pooled map
-    (timm pre-logits); ``hidden_states`` = the stem (stride 2) then each stage."""
+    (timm pre-logits); ``hidden_states`` = the stem (stride 2, or 4: ``stem_output``) then each stage."""
 
     def __init__(self, config: VitzooResNetConfig) -> None:
         super().__init__(config)
@@ -321,7 +321,7 @@ class VitzooResNetForImageClassification(StageClassifierMixin, VitzooResNetPreTr
 
 class VitzooResNetBackbone(StageBackboneMixin, BackboneMixin, VitzooResNetPreTrainedModel):
     """NCHW maps of chosen stages (strides 2, 4, 8, 16, 32 for stem, stage1..4), equal to timm
-    ``forward_intermediates`` / ``features_only``."""
+    ``forward_intermediates`` / ``features_only``; the stem at stride 4 with ``stem_output="pool"``."""
 
     def __init__(self, config: VitzooResNetConfig) -> None:
         super().__init__(config)

@@ -21,6 +21,8 @@ class StageConfig(VitzooConfig):
     """
 
     head_poolings = STAGE_POOLS
+    # Where the stem's map is taken in a family whose stem ends in a pool: "conv" (before it) or "pool" (after).
+    stem_output = "conv"
 
     def __init__(
         self,

@@ -1,10 +1,10 @@
 """What the stage families (convnext, resnet, ...) share: the forwards over a stem and stages of NCHW maps.
 
 A stage family's modeling file builds ``stem``, optionally ``stem_pool`` (a downsampling after the stem's map is
-taken, ResNet's max pool), ``stages`` (one module per stage), ``norm`` (on the final map: timm
-``forward_features``) and ``pre_logits`` (on the pooled vector: timm ``forward_head(pre_logits=True)``),
-and inherits the three forwards from :class:`StageModelMixin`, :class:`StageClassifierMixin` and
-:class:`StageBackboneMixin`. Fields read here are ``StageConfig``'s.
+taken, ResNet's max pool; with ``config.stem_output == "pool"`` the map is taken after it), ``stages`` (one
+module per stage), ``norm`` (on the final map: timm ``forward_features``) and ``pre_logits`` (on the pooled
+vector: timm ``forward_head(pre_logits=True)``), and inherits the three forwards from :class:`StageModelMixin`,
+:class:`StageClassifierMixin` and :class:`StageBackboneMixin`. Fields read here are ``StageConfig``'s.
 """
 
 from __future__ import annotations
@@ -86,9 +86,12 @@ def run_stages(
     every map held longer than needed makes the allocator take fresh pages (CPU time in page faults)."""
     check_pixel_values(pixel_values, model.config.num_channels)
     hidden = model.stem(pixel_values)
-    kept = [hidden] if keep(0) else []
     stem_pool = getattr(model, "stem_pool", None)
-    if stem_pool is not None:  # reassigned at once: the stem's map is freed unless kept
+    pooled_stem_map = stem_pool is not None and model.config.stem_output == "pool"
+    if pooled_stem_map:
+        hidden = stem_pool(hidden)
+    kept = [hidden] if keep(0) else []
+    if stem_pool is not None and not pooled_stem_map:  # reassigned at once: the stem's map is freed unless kept
         hidden = stem_pool(hidden)
     for index, stage in enumerate(model.stages, start=1):
         hidden = stage(hidden)
