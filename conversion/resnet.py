@@ -1,8 +1,8 @@
 """timm ``ResNet`` -> ``vitzoo_resnet`` config and weights (ResNet, ResNet-D/-T, ResNeXt, SE/ECA, RS, Wide, AA).
 
 The config is read off a built timm model (on the meta device for real conversions), then every block is checked
-against what the config rebuilds, so a layout the family cannot express (pruned widths, dilation, another
-attention or norm layer) fails here by name before any weight is read.
+against what the config rebuilds, so a layout the family cannot express (dilation, another attention or norm
+layer) fails here by name before any weight is read. Pruned models keep their per-block widths.
 """
 
 from __future__ import annotations
@@ -98,6 +98,25 @@ def _attention_fields(model: nn.Module) -> dict:
     raise UnsupportedArchitecture("SE reduction widths match none of the ratios 1/16, 1/8, 1/4.")
 
 
+def _inner_widths(block: nn.Module) -> list[int]:
+    """The channels inside a block's branch: out of each conv but the last."""
+    if type(block).__name__ == "Bottleneck":
+        return [block.conv1.out_channels, block.conv2.out_channels]
+    return [block.conv1.out_channels]
+
+
+def _pruned_fields(stages: list[nn.Sequential], inner: list, attn_type: str | None) -> dict:
+    """A pruned ResNet (timm's ``*_pruned``): every block's own widths and, for ECA, the kernels its unpruned
+    parent derived (timm prunes convs and norms, not the ECA conv)."""
+    fields = dict(block_inner_widths=inner)
+    if attn_type == "eca":
+        kernels = [{block.se.conv.kernel_size[0] for block in stage} for stage in stages]
+        if any(len(k) > 1 for k in kernels):
+            raise UnsupportedArchitecture("ECA kernels that differ between the blocks of a stage are not supported.")
+        fields["eca_kernel_sizes"] = [k.pop() for k in kernels]
+    return fields
+
+
 def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
     """Read a ``VitzooResNetConfig`` off a timm ``ResNet``; ``overrides`` set config fields."""
     if type(model).__name__ not in TIMM_CLASSES:
@@ -110,12 +129,6 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
         raise UnsupportedArchitecture("dilated ResNet stages (output_stride 8 or 16) are not supported.")
     if any(present(b.drop_block) for b in blocks):
         raise UnsupportedArchitecture("DropBlock (drop_block_rate > 0) is not supported; build the model without it.")
-    widths = [{(b.conv1.out_channels, b.conv2.out_channels) for b in stage} for stage in stages]
-    if any(len(w) > 1 for w in widths):
-        raise UnsupportedArchitecture(
-            "this ResNet's blocks have their own channel counts within a stage (a pruned ResNet such as "
-            "ecaresnet50d_pruned): the resnet family builds one width per stage."
-        )
     bottlenecks = [type(stage[0]).__name__ == "Bottleneck" for stage in stages]
     first = next(b for b in blocks if type(b).__name__ == "Bottleneck") if any(bottlenecks) else blocks[0]
     shortcuts = [b.downsample for b in blocks if b.downsample is not None]
@@ -146,7 +159,11 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
         head_dropout=float(model.drop_rate),
         **head_fields(model.fc),
     )
-    if any(bottlenecks):
+    inner = [[_inner_widths(block) for block in stage] for stage in stages]
+    uniform = all(all(w == stage[0] for w in stage) for stage in inner)
+    if not uniform or any(h % (4 if b else 1) for h, b in zip(fields["hidden_sizes"], bottlenecks, strict=True)):
+        fields.update(_pruned_fields(stages, inner, fields["attn_type"]))
+    elif any(bottlenecks):
         planes = first.conv3.out_channels // 4
         width = first.conv2.out_channels
         fields["base_width"] = width * 64 // (planes * fields["cardinality"])
@@ -163,7 +180,7 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
 
 
 def _check_shapes(model: nn.Module, config: VitzooResNetConfig) -> None:
-    """Every weight the config rebuilds has timm's shape (pruned models, per-block widths, do not)."""
+    """Every weight the config rebuilds has timm's shape (a hand-edited layout the fields cannot express does not)."""
     with torch.device("meta"):
         ours = VitzooResNetModel(config)
     theirs = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -173,8 +190,9 @@ def _check_shapes(model: nn.Module, config: VitzooResNetConfig) -> None:
     if wrong or set(expected) - set(mine):
         example = wrong[0] if wrong else sorted(set(expected) - set(mine))[0]
         raise UnsupportedArchitecture(
-            f"this ResNet's layers do not follow one width per stage (e.g. {example}): pruned or hand-edited "
-            "ResNets with per-layer channel counts are not supported."
+            f"this ResNet's layers do not have the shapes its config rebuilds (e.g. {example}): a hand-edited "
+            "layout (widths that differ between a block's shortcut and branch, per-block attention widths...) "
+            "is not supported."
         )
 
 
@@ -205,4 +223,7 @@ def truncated_kwargs(model: nn.Module, blocks: int) -> dict:
 
 
 def truncated_overrides(config, blocks: int) -> dict:
-    return {"depths": [min(depth, blocks) for depth in config.depths]}
+    overrides = {"depths": [min(depth, blocks) for depth in config.depths]}
+    if config.block_inner_widths:
+        overrides["block_inner_widths"] = [stage[:blocks] for stage in config.block_inner_widths]
+    return overrides

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from functools import partial
 from pathlib import Path
 
 import timm
 import torch
 from timm.layers import BlurPool2d, LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
+from timm.models._prune import adapt_model_from_string
 from timm.models.vision_transformer import ResPostBlock
 
 from conversion.families import family_for
@@ -127,7 +129,39 @@ RESNET_VARIANTS: dict[str, tuple[str, dict]] = {
     "silu_max_pool": ("resnet18", {"act_layer": "silu", "global_pool": "max"}),
     "avgmax": ("resnet26d", {"global_pool": "avgmax"}),
     "headless": ("resnet50", {"num_classes": 0}),
+    "eca_pruned": ("ecaresnet50d", {}),  # then pruned by timm's own code: see prune_like_timm
 }
+PRUNED_RESNETS = {"eca_pruned"}
+
+
+def prune_like_timm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A pruned copy of a timm bottleneck ResNet made by timm's own ``adapt_model_from_string`` (as its
+    ``*_pruned`` models are built): random widths inside each block's branch, and per stage on the residual path
+    (odd, so not multiples of the expansion); the stem and the ECA convs keep the parent's shapes, as in timm's
+    pruned files."""
+    rng = random.Random(seed)
+    shapes, stage_in = {}, model.bn1.num_features
+    for stage_index in range(1, 5):
+        stage = getattr(model, f"layer{stage_index}")
+        # a stage whose first block has no projection keeps its input width (the residual sums must match)
+        out = rng.randint(5, stage[0].conv3.out_channels) | 1 if stage[0].downsample is not None else stage_in
+        for index, block in enumerate(stage):
+            prefix, block_in = f"layer{stage_index}.{index}", stage_in if index == 0 else out
+            first, second = (rng.randint(3, conv.out_channels) for conv in (block.conv1, block.conv2))
+            layers = {"conv1": (first, block_in), "conv2": (second, first), "conv3": (out, second)}
+            if block.downsample is not None:
+                layers["downsample.1"] = (out, block_in)
+            for conv, (out_channels, in_channels) in layers.items():
+                norm = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3"}.get(conv, "downsample.2")
+                kernel = list(block.get_submodule(conv).weight.shape[2:])
+                shapes[f"{prefix}.{conv}.weight"] = [out_channels, in_channels, *kernel]
+                shapes[f"{prefix}.{norm}.weight"] = [out_channels]
+        stage_in = out
+    shapes["fc.weight"] = [model.fc.out_features, stage_in]
+    for name, module in model.named_modules():  # the stem, as it is
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+            shapes.setdefault(f"{name}.weight", list(module.weight.shape))
+    return adapt_model_from_string(model, "***".join(f"{key}:{shape}" for key, shape in shapes.items()))
 
 
 @torch.no_grad()
@@ -162,6 +196,8 @@ def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> to
     if dynamic:
         kwargs["dynamic_img_size"] = True
     model = timm.create_model(name, pretrained=False, **kwargs)
+    if variant in PRUNED_RESNETS:
+        model = prune_like_timm(model, seed)
     return perturb(model, seed).eval()
 
 

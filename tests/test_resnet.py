@@ -207,11 +207,21 @@ def test_unsupported_timm_options_are_refused_by_name(kwargs, message) -> None:
         family_for(timm_model).config_from_timm(timm_model)
 
 
-def test_pruned_models_are_refused_before_weights_are_read() -> None:
+@pytest.mark.parametrize("name", ["ecaresnet50d_pruned", "ecaresnet101d_pruned"])
+def test_timm_pruned_models_keep_every_blocks_widths_and_their_parents_eca_kernels(name: str) -> None:
+    """timm's real pruned layouts (its ``_pruned/*.txt``), built on the meta device: the config reads every
+    block's widths and the parent's ECA kernels, and the model it rebuilds has every one of timm's shapes."""
     with torch.device("meta"):
-        pruned = timm.create_model("ecaresnet50d_pruned")
-    with pytest.raises(UnsupportedArchitecture, match="pruned ResNet"):
-        family_for(pruned).config_from_timm(pruned)
+        pruned = timm.create_model(name)
+        config = family_for(pruned).config_from_timm(pruned)  # checks every weight shape against timm's
+    stages = [getattr(pruned, f"layer{i}") for i in range(1, 5)]
+    assert config.block_inner_widths == [[[b.conv1.out_channels, b.conv2.out_channels] for b in s] for s in stages]
+    assert config.hidden_sizes == [s[0].conv3.out_channels for s in stages]
+    assert config.eca_kernel_sizes == [s[0].se.conv.kernel_size[0] for s in stages] == [5, 5, 5, 7]
+    assert any(width % 4 for width in config.hidden_sizes)  # the residual widths are pruned too
+
+
+TWO_STAGES = dict(depths=[1, 2], block_types=["bottleneck"] * 2, hidden_sizes=[7, 9])  # pruned: odd widths
 
 
 @pytest.mark.parametrize(
@@ -226,6 +236,10 @@ def test_pruned_models_are_refused_before_weights_are_read() -> None:
         ({"aa_type": "blur"}, "Unknown aa_type 'blur'"),
         ({"norm_type": "layernorm"}, "Unknown norm_type 'layernorm'"),
         ({"global_pool": "token"}, "Unknown global_pool 'token'"),
+        ({**TWO_STAGES, "block_inner_widths": [[[3, 4]]]}, "block_inner_widths lists 1 stages; give one per stage"),
+        ({**TWO_STAGES, "block_inner_widths": [[[3, 4]], [[3, 4], [5]]]}, r"\[1\] is \[\[3, 4\], \[5\]\]: give 2"),
+        ({**TWO_STAGES, "block_inner_widths": [[[4, 8]], [[4, 6], [4, 4]]], "cardinality": 4}, "must divide by 4"),
+        ({"eca_kernel_sizes": [3, 3, 3, 5]}, "eca_kernel_sizes .* needs attn_type='eca'"),
     ],
 )
 def test_bad_config_errors_name_the_problem(overrides, message) -> None:

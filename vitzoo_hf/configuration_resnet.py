@@ -19,6 +19,21 @@ NORM_TYPES = ("batchnorm", "groupnorm")
 STEM_OUTPUTS = ("conv", "pool")
 
 
+def check_inner_widths(widths: list, block_types: list[str], depths: list[int], cardinality: int) -> None:
+    """``block_inner_widths`` holds, per stage and block, one width per inner conv of that block type."""
+    if len(widths) != len(depths):
+        raise ValueError(f"block_inner_widths lists {len(widths)} stages; give one per stage ({len(depths)}).")
+    convs = {"basic": 1, "bottleneck": 2}
+    for stage, (stage_widths, block_type, depth) in enumerate(zip(widths, block_types, depths, strict=True)):
+        if len(stage_widths) != depth or any(len(w) != convs[block_type] for w in stage_widths):
+            raise ValueError(
+                f"block_inner_widths[{stage}] is {stage_widths}: give {depth} lists (one per block) of "
+                f"{convs[block_type]} width(s) for a {block_type} stage."
+            )
+        if any(width % cardinality for block in stage_widths for width in block):
+            raise ValueError(f"block_inner_widths[{stage}]: a grouped conv's widths must divide by {cardinality}.")
+
+
 class VitzooResNetConfig(StageConfig):
     r"""A timm ResNet: the stage-family fields (see ``StageConfig``; ``hidden_sizes`` are the channels out of each
     stage, timm's ``channels`` times the block's expansion; ``stem_channels`` those out of the stem) plus (timm
@@ -32,6 +47,12 @@ class VitzooResNetConfig(StageConfig):
     "blurpool" anti-aliasing of the strided convs and the stem pool [aa_layer]; None: none), ``norm_type``
     ("batchnorm", "groupnorm" with ``norm_groups``) and ``norm_eps`` [norm_layer], ``hidden_act`` [act_layer],
     ``zero_init_last`` (a new model starts each block's last norm at zero, as timm does).
+
+    Pruned ResNets (timm's ``*_pruned``) give every block its own widths: ``block_inner_widths`` lists, per stage
+    and block, the channels inside the block's branch (bottleneck: out of its 1x1 then its 3x3 conv; basic: out of
+    its first conv), in place of the widths ``base_width``, ``cardinality`` and ``block_reduce_first`` derive; the
+    stage outputs (``hidden_sizes``) then need not be multiples of the block's expansion. ``eca_kernel_sizes``
+    (per stage; None: timm's rule from the stage's channel count) keeps the kernels of the unpruned parent.
 
     ``stem_output`` says where the stem's map (``stage_names[0]``, ``hidden_states[0]``) is taken: "conv" after
     its activation, at stride 2, as timm's ``features_only``; "pool" after the stem's pool, at stride 4, as
@@ -61,6 +82,8 @@ class VitzooResNetConfig(StageConfig):
         hidden_act: str = "relu",
         zero_init_last: bool = True,
         stem_output: str = "conv",
+        block_inner_widths: list[list[list[int]]] | None = None,
+        eca_kernel_sizes: list[int] | None = None,
         **kwargs,
     ) -> None:
         block_types = list(block_types)
@@ -85,8 +108,14 @@ class VitzooResNetConfig(StageConfig):
                 "(dilated, output-stride 8/16 ResNets are not supported). Leave stage_strides unset."
             )
         kwargs.setdefault("stem_stride", 2)
+        if block_inner_widths is not None:
+            check_inner_widths(block_inner_widths, block_types, kwargs["depths"], cardinality)
+        if eca_kernel_sizes is not None and (len(eca_kernel_sizes) != stages or attn_type != "eca"):
+            raise ValueError(
+                f"eca_kernel_sizes {list(eca_kernel_sizes)} needs attn_type='eca' and one kernel per stage ({stages})."
+            )
         for block_type, width in zip(block_types, kwargs["hidden_sizes"], strict=True):
-            if width % BLOCK_TYPES[block_type]:
+            if block_inner_widths is None and width % BLOCK_TYPES[block_type]:
                 raise ValueError(
                     f"hidden_sizes holds each stage's output channels: {width} is not a multiple of a {block_type} "
                     f"block's expansion ({BLOCK_TYPES[block_type]})."
@@ -111,6 +140,9 @@ class VitzooResNetConfig(StageConfig):
         self.hidden_act = hidden_act
         self.zero_init_last = zero_init_last
         self.stem_output = stem_output
+        inner = block_inner_widths
+        self.block_inner_widths = None if inner is None else [[list(block) for block in stage] for stage in inner]
+        self.eca_kernel_sizes = None if eca_kernel_sizes is None else list(eca_kernel_sizes)
         super().__init__(**kwargs)
 
     @property

@@ -85,12 +85,14 @@ class SqueezeExcite(nn.Module):
 
 
 class EfficientChannelAttention(nn.Module):
-    """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count)."""
+    """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count,
+    unless given: a pruned model keeps its unpruned parent's)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, kernel: int | None = None) -> None:
         super().__init__()
-        t = int(abs(math.log(channels, 2) + 1) / 2)
-        kernel = max(t if t % 2 else t + 1, 3)
+        if kernel is None:
+            t = int(abs(math.log(channels, 2) + 1) / 2)
+            kernel = max(t if t % 2 else t + 1, 3)
         self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,16 +116,26 @@ class ResNetBlock(nn.Module):
     """A residual block: the block type's branch (``residual``), then attention (SE/ECA), drop path, the shortcut
     (projected where the shape changes) and the final activation. Each intermediate is dropped as soon as the next
     one exists, as in timm: holding one longer costs CPU time in allocation. A block type marks its last norm
-    ``last_in_block`` (``zero_init_last`` starts it at zero)."""
+    ``last_in_block`` (``zero_init_last`` starts it at zero). A block type also takes ``inner``: its branch's
+    own widths (pruned models; None derives them from the config); ``eca_kernel``: ECA's kernel where it is not
+    derived from the width."""
 
     def __init__(
-        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+        self,
+        config: VitzooResNetConfig,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        drop_path: float,
+        eca_kernel: int | None = None,
     ) -> None:
         super().__init__()
         if config.attn_type == "se":
             self.se = SqueezeExcite(out_channels, config.se_ratio)
+        elif config.attn_type == "eca":
+            self.se = EfficientChannelAttention(out_channels, eca_kernel)
         else:
-            self.se = EfficientChannelAttention(out_channels) if config.attn_type == "eca" else None
+            self.se = None
         changes = stride != 1 or in_channels != out_channels
         self.downsample = build_shortcut(config, in_channels, out_channels, stride) if changes else None
         self.drop_path = DropPath(drop_path)
@@ -145,10 +157,17 @@ class BasicBlock(ResNetBlock):
     """Two 3x3 convs (ResNet-18/34); anti-aliasing replaces the first conv's stride."""
 
     def __init__(
-        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+        self,
+        config: VitzooResNetConfig,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        drop_path: float,
+        inner: list[int] | None = None,
+        eca_kernel: int | None = None,
     ) -> None:
-        super().__init__(config, in_channels, out_channels, stride, drop_path)
-        first = out_channels // config.block_reduce_first
+        super().__init__(config, in_channels, out_channels, stride, drop_path, eca_kernel)
+        first = out_channels // config.block_reduce_first if inner is None else inner[0]
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 3, 1 if use_aa else stride, 1, bias=False)
         self.bn1 = build_norm(config, first)
@@ -167,12 +186,22 @@ class Bottleneck(ResNetBlock):
     """1x1 reduce -> 3x3 (grouped for ResNeXt, strided or anti-aliased) -> 1x1 expand (ResNet-50 and up)."""
 
     def __init__(
-        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, drop_path: float
+        self,
+        config: VitzooResNetConfig,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        drop_path: float,
+        inner: list[int] | None = None,
+        eca_kernel: int | None = None,
     ) -> None:
-        super().__init__(config, in_channels, out_channels, stride, drop_path)
-        planes = out_channels // BLOCK_TYPES["bottleneck"]
-        width = int(math.floor(planes * (config.base_width / 64)) * config.cardinality)
-        first = width // config.block_reduce_first
+        super().__init__(config, in_channels, out_channels, stride, drop_path, eca_kernel)
+        if inner is None:
+            planes = out_channels // BLOCK_TYPES["bottleneck"]
+            width = int(math.floor(planes * (config.base_width / 64)) * config.cardinality)
+            first = width // config.block_reduce_first
+        else:
+            first, width = inner
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 1, bias=False)
         self.bn1 = build_norm(config, first)
@@ -263,9 +292,19 @@ class VitzooResNetStage(GradientCheckpointingLayer):
         in_channels, out_channels = widths[index], widths[index + 1]
         block = BLOCKS[config.block_types[index]]
         stride = 1 if index == 0 else 2
+        inner = config.block_inner_widths[index] if config.block_inner_widths else [None] * len(drop_rates)
+        eca_kernel = config.eca_kernel_sizes[index] if config.eca_kernel_sizes else None
         self.blocks = nn.Sequential(
             *(
-                block(config, in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1, rate)
+                block(
+                    config,
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    stride if i == 0 else 1,
+                    rate,
+                    inner[i],
+                    eca_kernel,
+                )
                 for i, rate in enumerate(drop_rates)
             )
         )
