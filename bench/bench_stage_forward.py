@@ -1,12 +1,14 @@
 """Forward throughput of the stage (CNN) families: vitzoo_hf vs timm vs transformers' native port, same weights.
 
-    python bench/bench_stage_forward.py [--device cpu|cuda] [--dtype fp32|bf16] [--reps 15] [--compile] [--out FILE]
+    python bench/bench_stage_forward.py [--device cpu|cuda] [--dtype fp32|bf16] [--reps 6] [--processes 4]
+        [--compile] [--out FILE]
 
 Per config, batch size and memory format (contiguous, channels_last), the three models run interleaved after
-warm-up, the order rotating each repetition; the reported ratio is the median over repetitions of other_time /
-ours_time (> 1: we are faster), with the interquartile range. Each model runs the whole network to the pooled
-pre-logits (the one output all three define alike; DINOv3 ConvNeXt's native last_hidden_state is a token list),
-and the outputs are compared with timm first. Markdown on stdout, JSON in --out.
+warm-up, the order rotating each repetition, in each of ``--processes`` fresh interpreters (a process's allocator
+state favours one model or another for its whole life); the reported ratio is the median over all repetitions of
+other_time / ours_time (> 1: we are faster), with the interquartile range. Each model runs the whole network to
+the pooled pre-logits (the one output all three define alike; DINOv3 ConvNeXt's native last_hidden_state is a
+token list), and the outputs are compared with timm first. Markdown on stdout, JSON in --out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_forward import DTYPES, _cpu_name, _ratio_cell, check_outputs, ratio_stats, time_interleaved  # noqa: E402
+from bench_forward import (  # noqa: E402
+    DTYPES,
+    _cpu_name,
+    _ratio_cell,
+    check_outputs,
+    in_fresh_processes,
+    ratio_stats,
+    time_interleaved,
+)
 from native_ports import PORTS  # noqa: E402
 
 from conversion.families import family_for  # noqa: E402
@@ -64,6 +74,27 @@ def runners(models) -> dict:
     }
 
 
+def measure(cell: dict) -> dict:
+    """One process's share of a (config, memory format) cell: output differences, then times per batch."""
+    torch.set_num_threads(cell["threads"])
+    torch.manual_seed(0)
+    device, dtype, channels_last = cell["device"], DTYPES[cell["dtype"]], cell["channels_last"]
+    models = build(cell["name"], cell["kwargs"], cell["port"], device, dtype, channels_last)
+    if cell["compile"]:
+        models = [torch.compile(m) for m in models]
+    run = runners(models)
+
+    def batch_of(n: int) -> torch.Tensor:
+        x = torch.randn(n, 3, cell["size"], cell["size"], device=device, dtype=dtype)
+        return x.to(memory_format=torch.channels_last) if channels_last else x
+
+    diffs = check_outputs(run, batch_of(2))
+    times = {
+        batch: time_interleaved(run, batch_of(batch), cell["reps"], cell["warmup"], device) for batch in cell["batches"]
+    }
+    return {"diffs": diffs, "times": times}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -71,22 +102,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--formats", nargs="+", default=["contiguous", "channels_last"])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=6, help="repetitions per process")
+    parser.add_argument("--processes", type=int, default=4, help="fresh interpreters per cell")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile every model first")
     parser.add_argument("--only", nargs="+", default=None, help="labels to run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_forward_cpu.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    dtype = DTYPES[args.dtype]
     meta = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
         "threads": args.threads,
         "dtype": args.dtype,
         "compile": args.compile,
         "reps": args.reps,
+        "processes": args.processes,
         "size": args.size,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -99,19 +129,16 @@ def main() -> None:
         if args.only and label not in args.only:
             continue
         for memory_format in args.formats:
-            channels_last = memory_format == "channels_last"
-            models = build(name, kwargs, port, args.device, dtype, channels_last)
-            if args.compile:
-                models = [torch.compile(m) for m in models]
-            run = runners(models)
-
-            def batch_of(n: int, fmt: bool = channels_last) -> torch.Tensor:
-                x = torch.randn(n, 3, args.size, args.size, device=args.device, dtype=dtype)
-                return x.to(memory_format=torch.channels_last) if fmt else x
-
-            diffs = check_outputs(run, batch_of(2))
-            for batch in args.batches:
-                times = time_interleaved(run, batch_of(batch), args.reps, args.warmup, args.device)
+            cell = {
+                "name": name,
+                "kwargs": kwargs,
+                "port": port,
+                "channels_last": memory_format == "channels_last",
+                **{key: getattr(args, key) for key in ("device", "dtype", "size", "batches", "reps", "warmup")},
+                **{key: getattr(args, key) for key in ("threads", "compile")},
+            }
+            result = in_fresh_processes(measure, cell, args.processes)
+            for batch, times in result["times"].items():
                 row = {
                     "config": f"{label} @ {args.size}",
                     "format": memory_format,
@@ -119,12 +146,11 @@ def main() -> None:
                     "median_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
                     "ours_vs_timm": ratio_stats(times["timm"], times["ours"]),
                     "ours_vs_native": ratio_stats(times["native"], times["ours"]),
-                    "max_abs_diff_vs_timm": diffs,
+                    "max_abs_diff_vs_timm": result["diffs"],
                 }
                 rows.append(row)
                 args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
                 print(json.dumps(row), flush=True)
-            del models, run
     print(f"\n{meta}\n")
     print("| config | format | batch | ours ms | timm ms | native ms | ours vs timm (IQR) | ours vs native (IQR) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -23,7 +23,7 @@ def _ratio(stats: dict | None) -> str:
 
 
 def _meta(meta: dict) -> str:
-    keys = ("device", "threads", "dtype", "compile", "reps", "torch", "transformers", "timm", "date")
+    keys = ("device", "threads", "dtype", "compile", "reps", "processes", "torch", "transformers", "timm", "date")
     return ", ".join(f"{k} {meta[k]}" for k in keys if k in meta)
 
 
@@ -33,8 +33,9 @@ def forward(name: str, title: str, script: str = "bench_forward.py", variant: st
     if not path.is_file():
         return [f"**{title}**: pending (no {name} yet; run bench/{script} on such a machine)."]
     data = json.loads(path.read_text())
-    lines = [f"**{title}** ({_meta(data['meta'])}). Ratios: median over interleaved repetitions of the other's", ""]
-    lines[0] += " time / ours (> 1: we are faster), with the interquartile range."
+    spread = f", in each of {data['meta']['processes']} fresh processes" if "processes" in data["meta"] else ""
+    lines = [f"**{title}** ({_meta(data['meta'])}). Ratios: median over interleaved repetitions{spread} of", ""]
+    lines[0] += " the other's time / ours (> 1: we are faster), with the interquartile range."
     lines += [
         f"| config | {'attention' if variant == 'attn' else 'memory format'} | batch | ours ms | timm ms | native ms "
         "| vs timm | vs native port |",
