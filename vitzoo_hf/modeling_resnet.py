@@ -115,10 +115,12 @@ def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: i
 class ResNetBlock(nn.Module):
     """A residual block: the block type's branch (``residual``), then attention (SE/ECA), drop path, the shortcut
     (projected where the shape changes) and the final activation. Each intermediate is dropped as soon as the next
-    one exists, as in timm: holding one longer costs CPU time in allocation. A block type marks its last norm
-    ``last_in_block`` (``zero_init_last`` starts it at zero). A block type also takes ``inner``: its branch's
-    own widths (pruned models; None derives them from the config); ``eca_kernel``: ECA's kernel where it is not
-    derived from the width."""
+    one exists, as in timm: one step per line, since a nested call keeps the previous line's tensor bound (and
+    alive) through the whole expression; holding one longer makes the allocator take fresh pages (CPU time).
+
+    A block type marks its last norm ``last_in_block`` (``zero_init_last`` starts it at zero) and takes
+    ``inner``: its branch's own widths (pruned models; None derives them from the config); ``eca_kernel``: ECA's
+    kernel where it is not derived from the width."""
 
     def __init__(
         self,
@@ -178,8 +180,12 @@ class BasicBlock(ResNetBlock):
         self.bn2.last_in_block = True
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.aa(self.act1(self.bn1(self.conv1(x))))
-        return self.bn2(self.conv2(x))
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.aa(x)
+        x = self.conv2(x)
+        return self.bn2(x)
 
 
 class Bottleneck(ResNetBlock):
@@ -216,9 +222,15 @@ class Bottleneck(ResNetBlock):
         self.bn3.last_in_block = True
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.aa(self.act2(self.bn2(self.conv2(x))))
-        return self.bn3(self.conv3(x))
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.conv2(x)
+        x = self.bn2(x)
+        x = self.act2(x)
+        x = self.aa(x)
+        x = self.conv3(x)
+        return self.bn3(x)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
