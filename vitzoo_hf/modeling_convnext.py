@@ -116,7 +116,12 @@ class VitzooConvNextStage(GradientCheckpointingLayer):
         self.blocks = nn.Sequential(*(VitzooConvNextBlock(config, dim, kernel_size, rate) for rate in drop_rates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        # Blocks called one by one: the downsampled map is freed after the first block reads it (passed to
+        # ``self.blocks`` it would be held by that call's arguments through every block).
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 def build_stem(config: VitzooConvNextConfig) -> nn.Sequential:
