@@ -118,9 +118,10 @@ class ResNetBlock(nn.Module):
     one exists, as in timm: one step per line, since a nested call keeps the previous line's tensor bound (and
     alive) through the whole expression; holding one longer makes the allocator take fresh pages (CPU time).
 
-    A block type marks its last norm ``last_in_block`` (``zero_init_last`` starts it at zero) and takes
-    ``inner``: its branch's own widths (pruned models; None derives them from the config); ``eca_kernel``: ECA's
-    kernel where it is not derived from the width."""
+    A block type builds its branch in ``build_branch`` (timm's module order: the branch, then attention and the
+    shortcut), marking its last norm ``last_in_block`` (``zero_init_last`` starts it at zero); ``inner`` gives the
+    branch's own widths (pruned models; None derives them from the config), ``eca_kernel`` ECA's kernel where it
+    is not derived from the width."""
 
     def __init__(
         self,
@@ -129,9 +130,11 @@ class ResNetBlock(nn.Module):
         out_channels: int,
         stride: int,
         drop_path: float,
+        inner: list[int] | None = None,
         eca_kernel: int | None = None,
     ) -> None:
         super().__init__()
+        self.build_branch(config, in_channels, out_channels, stride, inner)
         if config.attn_type == "se":
             self.se = SqueezeExcite(out_channels, config.se_ratio)
         elif config.attn_type == "eca":
@@ -158,17 +161,9 @@ class ResNetBlock(nn.Module):
 class BasicBlock(ResNetBlock):
     """Two 3x3 convs (ResNet-18/34); anti-aliasing replaces the first conv's stride."""
 
-    def __init__(
-        self,
-        config: VitzooResNetConfig,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        drop_path: float,
-        inner: list[int] | None = None,
-        eca_kernel: int | None = None,
+    def build_branch(
+        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, inner: list[int] | None
     ) -> None:
-        super().__init__(config, in_channels, out_channels, stride, drop_path, eca_kernel)
         first = out_channels // config.block_reduce_first if inner is None else inner[0]
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 3, 1 if use_aa else stride, 1, bias=False)
@@ -191,17 +186,9 @@ class BasicBlock(ResNetBlock):
 class Bottleneck(ResNetBlock):
     """1x1 reduce -> 3x3 (grouped for ResNeXt, strided or anti-aliased) -> 1x1 expand (ResNet-50 and up)."""
 
-    def __init__(
-        self,
-        config: VitzooResNetConfig,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        drop_path: float,
-        inner: list[int] | None = None,
-        eca_kernel: int | None = None,
+    def build_branch(
+        self, config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int, inner: list[int] | None
     ) -> None:
-        super().__init__(config, in_channels, out_channels, stride, drop_path, eca_kernel)
         if inner is None:
             planes = out_channels // BLOCK_TYPES["bottleneck"]
             width = int(math.floor(planes * (config.base_width / 64)) * config.cardinality)
