@@ -18,6 +18,7 @@ from conversion.stage_families import (  # noqa: F401  (hooks this family takes 
     verification_inputs,
 )
 from vitzoo_hf import VitzooResNetConfig, VitzooResNetModel
+from vitzoo_hf.configuration_resnet import BLOCK_TYPES
 from vitzoo_hf.modeling_resnet import make_divisible
 
 TIMM_CLASSES = ("ResNet",)
@@ -161,7 +162,8 @@ def config_from_timm(model: nn.Module, **overrides) -> VitzooResNetConfig:
     )
     inner = [[_inner_widths(block) for block in stage] for stage in stages]
     uniform = all(all(w == stage[0] for w in stage) for stage in inner)
-    if not uniform or any(h % (4 if b else 1) for h, b in zip(fields["hidden_sizes"], bottlenecks, strict=True)):
+    expansions = [BLOCK_TYPES[block_type] for block_type in fields["block_types"]]
+    if not uniform or any(h % e for h, e in zip(fields["hidden_sizes"], expansions, strict=True)):
         fields.update(_pruned_fields(stages, inner, fields["attn_type"]))
     elif any(bottlenecks):
         planes = first.conv3.out_channels // 4
