@@ -17,7 +17,7 @@ from transformers.modeling_utils import PreTrainedModel
 from .common_compat import BackboneMixin, init
 from .common_config import VitzooConfig  # noqa: F401
 from .common_heads import ClassifierHead  # noqa: F401
-from .common_layers import DropPath
+from .common_layers import Activation, DropPath
 from .common_modeling import VitzooPreTrainedMixin
 from .configuration_convnext import VitzooConvNextConfig
 from .stage_config import StageConfig  # noqa: F401
@@ -58,7 +58,7 @@ class ConvNextMlp(nn.Module):
         hidden = int(config.mlp_ratio * dim)
         conv = config.conv_mlp
         self.fc1 = nn.Conv2d(dim, hidden, 1) if conv else nn.Linear(dim, hidden)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = Activation(config.hidden_act, inplace=True)
         self.grn = GlobalResponseNorm(hidden, channels_last=not conv) if config.use_grn else None
         self.fc2 = nn.Conv2d(hidden, dim, 1) if conv else nn.Linear(hidden, dim)
 
@@ -91,12 +91,16 @@ class VitzooConvNextBlock(nn.Module):
         if mlp.grn is not None:
             x = mlp.grn(x)
         x = mlp.fc2(x)
+        # Where no autograd graph needs them (inference), LayerScale and the residual overwrite fc2's output: two
+        # buffers of the block's width fewer per block (see Activation).
+        inplace = not x.requires_grad
         if self.gamma is not None:  # LayerScale before permuting back: timm's products, on contiguous memory
-            x = x * (self.gamma if not self.conv_mlp else self.gamma.reshape(1, -1, 1, 1))
+            gamma = self.gamma if not self.conv_mlp else self.gamma.reshape(1, -1, 1, 1)
+            x = x.mul_(gamma) if inplace else x * gamma
         if not self.conv_mlp:
             x = x.permute(0, 3, 1, 2)
-        # The residual first: the sum keeps the shortcut's memory layout for the next block's depthwise conv.
-        return shortcut + self.drop_path(x)
+        x = self.drop_path(x)
+        return x.add_(shortcut) if inplace else x + shortcut
 
 
 class VitzooConvNextStage(GradientCheckpointingLayer):

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import ACT2FN
 
 from .common_compat import attention_interface
+from .common_layers import Activation
 
 
 def rotate(x: torch.Tensor, rope: torch.Tensor, rotate_half: bool) -> torch.Tensor:
@@ -76,7 +76,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, bias: bool, norm: nn.Module | None, drop: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = ACT2FN[act]
+        self.act = Activation(act, inplace=True)
         self.norm = norm if norm is not None else nn.Identity()
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
@@ -93,7 +93,7 @@ class GluMlp(nn.Module):
         if hidden % 2:
             raise ValueError(f"A packed GLU MLP needs an even hidden size, got {hidden}.")
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = ACT2FN[act]
+        self.act = Activation(act, inplace=True)
         self.norm = norm if norm is not None else nn.Identity()
         self.fc2 = nn.Linear(hidden // 2, dim, bias=bias)
         self.drop = nn.Dropout(drop)
@@ -110,7 +110,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.fc1_g = nn.Linear(dim, hidden, bias=bias)
         self.fc1_x = nn.Linear(dim, hidden, bias=bias)
-        self.act = ACT2FN[act]
+        self.act = Activation(act, inplace=True)
         self.norm = norm if norm is not None else nn.Identity()
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
