@@ -1,7 +1,8 @@
 """Building blocks every vitzoo family uses, whatever its shape (token sequence or stages of feature maps).
 
-Norms, stochastic depth, LayerScale, input checks, the output flags and the init rule. Nothing here assumes
-tokens or stages; see docs/ARCHITECTURE.md for how the shared files are grouped.
+Norms, activations (in place where no autograd graph needs the input), stochastic depth, LayerScale, input checks,
+the output flags and the init rule. Nothing here assumes tokens or stages; see docs/ARCHITECTURE.md for how the
+shared files are grouped.
 """
 
 from __future__ import annotations
