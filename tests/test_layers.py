@@ -43,7 +43,18 @@ def test_activation_without_a_twin_or_without_inplace_never_overwrites(name: str
     assert torch.equal(result, ACT2FN[name](before))
 
 
-@pytest.mark.parametrize("variant", ["convnext", "v2_grn_linear", "rmsnorm_conv_mlp", "dinov2", "aimv2_rms_swiglu"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "convnext",
+        "v2_grn_linear",
+        "rmsnorm_conv_mlp",
+        "dinov2",
+        "dinov2_giant_swiglu",
+        "siglip_map",
+        "aimv2_rms_swiglu",
+    ],
+)
 def test_inference_gives_the_training_graph_numbers_bit_for_bit(variant: str) -> None:
     """The in-place path (no autograd graph) and the out-of-place one compute every output, stage map and hidden
     state to the same bits, and the in-place one leaves the input and every returned map intact."""
