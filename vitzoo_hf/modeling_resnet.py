@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
@@ -20,7 +19,7 @@ from transformers.modeling_utils import PreTrainedModel
 from .common_compat import BackboneMixin, init
 from .common_config import VitzooConfig  # noqa: F401
 from .common_heads import ClassifierHead  # noqa: F401
-from .common_layers import DropPath
+from .common_layers import Activation, DropPath
 from .common_modeling import VitzooPreTrainedMixin
 from .configuration_resnet import BLOCK_TYPES, VitzooResNetConfig
 from .stage_config import StageConfig  # noqa: F401
@@ -40,8 +39,9 @@ def build_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
 
 
 def build_act(config: VitzooResNetConfig) -> nn.Module:
-    """In place for ReLU, as timm: each activation overwrites a tensor nothing else reads, saving a copy."""
-    return nn.ReLU(inplace=True) if config.hidden_act == "relu" else ACT2FN[config.hidden_act]
+    """In place, as timm: each activation overwrites a tensor nothing else reads, saving a copy. ReLU always
+    (its gradient needs only its output); others where no autograd graph needs their input."""
+    return nn.ReLU(inplace=True) if config.hidden_act == "relu" else Activation(config.hidden_act, inplace=True)
 
 
 class BlurPool2d(nn.Module):
