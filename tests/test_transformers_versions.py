@@ -26,6 +26,9 @@ from tests.helpers import save_tiny_folder
 from tests.transformers_envs import CI_VERSIONS, ROOT, transformers_python
 
 VERSIONS = tuple(os.environ.get("VITZOO_TRANSFORMERS_MATRIX", ",".join(CI_VERSIONS)).split(","))
+# What ``AutoBackbone.from_pretrained(local_folder, trust_remote_code=True)`` does per release line (docs/USAGE.md
+# states it from here); the documented route (the folder's backbone class) works in all of them.
+AUTO_BACKBONE_LOCAL = {"4.57": "works", "5.0": "works", "5.23": "HFValidationError", "5.24": "HFValidationError"}
 VARIANTS = {
     "vit": "dinov2_reg",
     "eva": "dinov3",
@@ -66,6 +69,18 @@ with torch.no_grad():
     backbone_class = get_class_from_dynamic_module(auto_map["AutoBackbone"], folder)
     backbone = backbone_class.from_pretrained(folder, out_indices=[1, 2]).eval()
     out["map_0"], out["map_1"] = backbone(x).feature_maps
+    # config.freeze_backbone holds however the classifier is made: from the folder, and with a new head
+    for key, extra in (("trainable", {}), ("trainable_new_head", {"num_labels": 3, "ignore_mismatched_sizes": True})):
+        frozen = AutoModelForImageClassification.from_pretrained(
+            folder, trust_remote_code=True, freeze_backbone=True, **extra
+        )
+        info[key] = sorted(name for name, p in frozen.named_parameters() if p.requires_grad)
+try:  # the direct route the docs say is broken in some releases
+    from transformers import AutoBackbone
+    AutoBackbone.from_pretrained(folder, trust_remote_code=True)
+    info["auto_backbone_local"] = "works"
+except Exception as error:
+    info["auto_backbone_local"] = type(error).__name__
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
 image = Image.open(f"{io_dir}/image.png")
 out["processed"] = processor(image, return_tensors="pt")["pixel_values"]
@@ -111,6 +126,17 @@ def test_folder_runs_identically_under_each_supported_release(folder, current, v
     for key, value in expected.items():
         torch.testing.assert_close(outputs[key], value, atol=1e-5, rtol=1e-5, msg=f"{key} under {version}")
     assert info["pipeline"] == expected_info["pipeline"]
+    assert info["trainable"] == info["trainable_new_head"] == expected_info["trainable"]
+    assert info["auto_backbone_local"] == AUTO_BACKBONE_LOCAL[version.rsplit(".", 1)[0]], info["auto_backbone_local"]
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable(current) -> None:
+    """``from_pretrained(folder, freeze_backbone=True)``: transformers 5 re-creates the loaded parameters after
+    ``__init__``, which once undid the freezing silently (every parameter stayed trainable)."""
+    _, info = current
+    assert info["trainable"] and all(name.startswith("head") for name in info["trainable"]), info["trainable"]
+    assert info["trainable_new_head"] == info["trainable"]
+    assert info["auto_backbone_local"] == AUTO_BACKBONE_LOCAL[info["version"].rsplit(".", 1)[0]]
 
 
 def test_current_release_with_and_without_torchvision(folder, current) -> None:

@@ -127,6 +127,23 @@ class ImageClassifierMixin:
             raise ValueError("global_pool='' gives no pooled output: set head_pooling for the head.")
         return self.head(outputs.pooler_output)
 
+    def post_init(self) -> None:
+        """transformers' set-up, then ``config.freeze_backbone`` applied: a model built from a config is frozen as
+        it is made."""
+        super().post_init()
+        if self.config.freeze_backbone:
+            self.freeze_backbone()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loading, then ``config.freeze_backbone`` applied again: transformers 5 materialises the
+        loaded weights as new parameters after ``__init__``, which drops the freezing done there (4.57 kept it)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a pair
+        if model.config.freeze_backbone:
+            model.freeze_backbone()
+        return loaded
+
     def freeze_backbone(self, frozen: bool = True) -> None:
         """Train only the head (linear probing); ``frozen=False`` undoes it."""
         for parameter in self.base_model.parameters():

@@ -205,8 +205,6 @@ class VitzooConvNextForImageClassification(StageClassifierMixin, VitzooConvNextP
         self.convnext = VitzooConvNextModel(config)
         self.init_head(config, config.pooled_width)
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
 
 class VitzooConvNextBackbone(StageBackboneMixin, BackboneMixin, VitzooConvNextPreTrainedModel):

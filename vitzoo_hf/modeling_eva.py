@@ -154,8 +154,6 @@ class VitzooEvaForImageClassification(TokenClassifierMixin, VitzooEvaPreTrainedM
         self.eva = VitzooEvaModel(config)
         self.init_token_head(config, lambda: _map_pool(config))
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
 
 class VitzooEvaBackbone(TokenBackboneMixin, BackboneMixin, VitzooEvaPreTrainedModel):

@@ -353,8 +353,6 @@ class VitzooResNetForImageClassification(StageClassifierMixin, VitzooResNetPreTr
         self.resnet = VitzooResNetModel(config)
         self.init_head(config, config.hidden_sizes[-1])
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
 
 class VitzooResNetBackbone(StageBackboneMixin, BackboneMixin, VitzooResNetPreTrainedModel):

@@ -113,8 +113,6 @@ class VitzooViTForImageClassification(TokenClassifierMixin, VitzooViTPreTrainedM
         two_heads = config.distilled and config.head_type == "linear" and config.head_pooling is None
         self.head_dist = ClassifierHead(config, config.hidden_size) if two_heads else None
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
     def classify(self, outputs: BaseModelOutputWithPooling) -> torch.Tensor:
         if self.head_dist is None:
