@@ -31,7 +31,7 @@ from conversion.families import FamilyConversion, family_for
 from conversion.model_card import write_model_card
 from conversion.parity_record import write_parity_record
 from conversion.remote_code import sibling_closure
-from conversion.staging import clean_stale, exit_on_termination, make_staging, move_into_place, phase
+from conversion.staging import DeletionError, Staging, check_replaceable, clean_stale, exit_on_termination, phase
 from conversion.verify import run_folder
 from vitzoo_hf import VitzooImageProcessor
 
@@ -242,6 +242,11 @@ def check_destination(output_dir: Path, overwrite: bool) -> None:
         raise ConversionError(f"{output_dir} is a file, not a folder; choose another --output-dir.")
     if output_dir.exists() and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
+    if output_dir.exists():
+        try:
+            check_replaceable(output_dir)
+        except FileExistsError as error:
+            raise ConversionError(str(error)) from error
 
 
 def family_of(model_name: str, kwargs: dict | None = None) -> FamilyConversion:
@@ -339,7 +344,7 @@ def convert(
 
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = make_staging(output_dir)
+        staging = Staging(output_dir)
     except OSError as error:
         raise ConversionError(
             f"Cannot write to {output_dir.parent} ({error.strerror}); choose an --output-dir you can write to."
@@ -347,15 +352,15 @@ def convert(
     try:
         print(f"writing {model_name} ({num_parameters:,} parameters) to {output_dir}", flush=True)
         phase("write")
-        _write_folder(staging, conversion, config, source, skeleton, DTYPES[dtype], max_shard_size)
+        _write_folder(staging.path, conversion, config, source, skeleton, DTYPES[dtype], max_shard_size)
         print("verifying in a clean process", flush=True)
         phase("verify")
         reference = _reference(model_name, source, skeleton, conversion, DTYPES[dtype], blocks, kwargs)
         overrides = None if blocks is None else conversion.truncated_overrides(config, blocks)
-        parity = verify(staging, reference, conversion, config, num_classes > 0, overrides)
+        parity = verify(staging.path, reference, conversion, config, num_classes > 0, overrides)
         del reference
         record = write_parity_record(
-            staging,
+            staging.path,
             {
                 "max_abs_diff": parity,
                 "tolerance": TOLERANCE,
@@ -365,20 +370,24 @@ def convert(
                 "verified_blocks": "all" if blocks is None else f"first {blocks} of {depth}",
             },
         )
-        saved = json.loads((staging / "config.json").read_text())
-        write_model_card(staging, saved, record, skeleton.pretrained_cfg, num_parameters, checkpoint)
-        move_into_place(staging, output_dir, overwrite)
+        saved = json.loads((staging.path / "config.json").read_text())
+        write_model_card(staging.path, saved, record, skeleton.pretrained_cfg, num_parameters, checkpoint)
+        for note in staging.move_into_place(overwrite):
+            print(note)
+    except DeletionError as error:  # the new folder is in place; what is left of the old one is said
+        message = f"{output_dir} is written and verified, but the old folder is not gone: {error}"
+        raise ConversionError(message) from error
     except FileExistsError as error:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.discard()
         raise ConversionError(str(error)) from error
     except (OSError, SafetensorError) as error:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.discard()
         raise ConversionError(
             f"Writing {output_dir} failed ({error}); nothing was left behind. Free space, or choose another "
             "--output-dir."
         ) from error
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.discard()
         raise
     return ConversionResult(output_dir, num_parameters, parity, blocks)
 

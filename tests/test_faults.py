@@ -10,6 +10,7 @@ intact, nothing half-written is visible, and the next run succeeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from timm.utils import CheckpointSaver
 import push_to_hub
 from conversion import batch
 from conversion.convert_timm import ConversionError, convert
+from conversion.staging import DeletionError, clean_stale, remove_tree
 from conversion.verify import untrusted_env
 from tests.helpers import perturb
 from tests.test_push_to_hub import TOKEN, folder, hub, posts, push  # noqa: F401  (fixtures)
@@ -162,17 +164,25 @@ def test_unreachable_server_ends_in_the_summary_table(folder, hub) -> None:  # n
 # ---- a full disk --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str = "1m"):
+    """A small tmpfs mounted at ``mount`` (CI runs as root; elsewhere the test is skipped, saying why)."""
+    mount.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root; the tests run as an ordinary user here")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if result.returncode:
         pytest.skip(f"this machine refuses to mount a tmpfs: {result.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    with tmpfs(tmp_path / "small") as mount:
+        yield mount
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
@@ -184,6 +194,69 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Pa
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "No space left on device" in result.stderr and "nothing was left behind" in result.stderr
     assert list(small_disk.iterdir()) == []
+
+
+# ---- deleting only what is ours ------------------------------------------------------------------------------
+
+
+def test_overwrite_never_deletes_across_a_mount_point(good) -> None:
+    """A folder holding a mount point is not replaced: deleting it would delete the mounted filesystem's files."""
+    source, out, before = good
+    with tmpfs(out / "data") as mount:
+        (mount / "results.txt").write_text("on another filesystem")
+        with pytest.raises(ConversionError, match=r"holds a mount point \(.*data\): replacing the folder would"):
+            convert(NAME, out, checkpoint=source, overwrite=True)
+        assert (mount / "results.txt").read_text() == "on another filesystem"
+        assert hidden(out.parent) == [] and {k: v for k, v in folder_digest(out).items() if "data" not in k} == before
+        # and the deletion itself stops at a mount point that appears later, saying so instead of ignoring it
+        with pytest.raises(DeletionError, match=r"data is a mount point \(another filesystem\): it was not entered"):
+            remove_tree(out)
+        assert (mount / "results.txt").read_text() == "on another filesystem"
+        assert [p.name for p in out.iterdir()] == ["data"]
+
+
+def test_overwrite_of_a_symlinked_output_replaces_the_link_not_its_target(good, capsys) -> None:
+    source, out, before = good
+    link = out.parent / "latest"
+    link.symlink_to(out.name)
+    convert(NAME, link, checkpoint=source, overwrite=True)
+    assert "replaced the symbolic link" in capsys.readouterr().out
+    assert not link.is_symlink() and (link / "vitzoo_parity.json").is_file()
+    assert folder_digest(out) == before  # the target is untouched
+    assert hidden(out.parent) == []  # no hidden link left behind
+
+
+def test_a_running_conversion_in_another_pid_namespace_keeps_its_staging(good) -> None:
+    """A conversion in another container (here: a new pid namespace, where its pid means nothing outside) owns its
+    staging folder through a lock; a second run into the same folder leaves it alone."""
+    source, out, before = good
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--pid", "--fork", "true"]).returncode:
+        pytest.skip("this machine does not allow new user and pid namespaces")
+    convert_command = " ".join(
+        [sys.executable, "-m", "conversion.convert_timm", NAME, "--checkpoint", str(source), "--output-dir", str(out)]
+    )
+    # a pid far above any in use here, so the pid the run records could not be taken for a live process of ours
+    shell = f"echo 4000000 > /proc/sys/kernel/ns_last_pid; {convert_command} --overwrite"
+    process = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "sh", "-c", shell],
+        cwd=ROOT, env={**os.environ, "VITZOO_PAUSE_AT": "verify"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_for(process, "paused at verify")
+    (staging,) = [name for name in hidden(out.parent) if ".vitzoo-staging-" in name]
+    assert clean_stale(out) == []  # the other run's lock is held: nothing of it is touched
+    assert staging in hidden(out.parent)
+    python = sys.executable.encode() + b"\0-m\0conversion.convert_timm"
+    (converter,) = [p for p in descendants(process.pid) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(python)]
+    assert Path(f"/proc/{converter}/status").read_text().split("NSpid:")[1].split()[1] == "4000001"
+    os.kill(converter, signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert hidden(out.parent) == [] and folder_digest(out) == before
+
+
+def descendants(pid: int) -> list[int]:
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return children + [d for child in children for d in descendants(child)]
 
 
 # ---- inputs that must be refused (or accepted) early ---------------------------------------------------------
