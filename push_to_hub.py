@@ -3,44 +3,54 @@
     python push_to_hub.py DIR [DIR ...] --repo-id ORG/NAME [--dry-run] [--private] [--revision BRANCH] [--create-pr]
     python push_to_hub.py DIR [DIR ...] --org ORG   # one repo per folder, named after it
 
-A DIR that holds converted folders (rather than being one) stands for all of them. Before anything is
-uploaded, every folder is validated (files, auto_map and architectures against the code files, import rules
-of the remote code, model card metadata) and loaded as remote code in a clean process where it must run with
-no missing or mismatched weights. The token comes from huggingface_hub's standard places (HF_TOKEN, the login
-cache); it is never taken on the command line nor printed. Unchanged folders are a no-op. After each upload
-the commit hash is printed with a usage snippet pinned to it.
+A DIR that holds converted folders (rather than being one) stands for all of them. Each folder's upload set is
+first copied into a private snapshot (hashed as it is read); the snapshot is what is validated (files, auto_map and
+architectures against the code files, import rules, the parity record against the weights and the card), what the
+smoke test loads as remote code, and what is uploaded, byte for byte. Code files that are not byte-identical to a
+vitzoo_hf release's are refused unless --trust-code is given; the smoke test runs isolated (conversion/sandbox.py:
+no credentials, no other process, no network) wherever this machine allows it, and code that is not a release's
+never runs without that isolation. The token comes from huggingface_hub's standard places (HF_TOKEN, the login
+cache); it is never taken on the command line nor printed. A repo that already holds exactly the folder is left as
+it is. After each upload the commit hash is printed with a usage snippet pinned to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from conversion.code_hashes import unknown_code
 from conversion.model_card import REPO_ID_PLACEHOLDER
-from conversion.parity_record import read_parity_record, stale_parity_problems, weight_files
-from conversion.remote_code import import_problems
-from conversion.staging import exit_on_termination, phase
+from conversion.parity_record import card_problems, read_parity_record, stale_parity_problems, weight_files
+from conversion.remote_code import import_problems, sibling_closure
+from conversion.sandbox import unavailable_reason
+from conversion.staging import Staging, clean_stale, exit_on_termination, phase
 from conversion.verify import run_folder
 from vitzoo_hf import AUTO_CLASS_NAMES
 
 REQUIRED = ("config.json", "preprocessor_config.json", "README.md")
-# What a converted folder (or a Trainer save of one) holds; anything else needs --allow-extra-files.
+# What a converted folder (or a Trainer save of one) holds besides the code files its auto_map reaches; anything
+# else needs --allow-extra-files.
 FOLDER_FILES = re.compile(
     r"(config\.json|preprocessor_config\.json|README\.md|vitzoo_parity\.json|model\.safetensors"
-    r"|model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json|[A-Za-z_][A-Za-z0-9_]*\.py)"
+    r"|model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json)"
 )
 TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9_]{8,}")
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -54,6 +64,62 @@ class PublishError(RuntimeError):
 class Target:
     folder: Path
     repo_id: str
+    snapshot: Snapshot | None = None
+
+
+@dataclass
+class Snapshot:
+    """A private copy of a folder's upload set (the card holding the real repo id), with the SHA-256 and git blob
+    id of every file: what is validated, smoke-tested and uploaded is this copy, so a job still writing into the
+    folder cannot slip other bytes in between."""
+
+    path: Path
+    staging: Staging
+    sha256: dict[str, str] = field(default_factory=dict)
+    blob_id: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, folder: Path, repo_id: str) -> Snapshot:
+        try:
+            staging = Staging(folder)  # beside the folder: same filesystem, and cleaned like a converter's staging
+        except OSError:  # a read-only location
+            staging = Staging(Path(tempfile.mkdtemp(prefix="vitzoo-publish-")) / folder.name)
+        snapshot = cls(staging.path, staging)
+        try:
+            for source in upload_set(folder):
+                snapshot._copy(folder, source, repo_id)
+        except BaseException:
+            snapshot.discard()
+            raise
+        return snapshot
+
+    def _copy(self, folder: Path, source: Path, repo_id: str) -> None:
+        name = source.relative_to(folder).as_posix()
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        before = source.stat()
+        with source.open("rb") as reader:
+            if name == "README.md":  # the card's usage snippet gets the real repo id
+                card = reader.read().decode().replace(f'"{REPO_ID_PLACEHOLDER}"', f'"{repo_id}"').encode()
+                blocks, size = iter([card]), len(card)
+            else:
+                blocks, size = iter(lambda: reader.read(1 << 22), b""), before.st_size
+            digest, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)  # git's blob id, as the Hub lists it
+            with target.open("wb") as writer:
+                for block in blocks:
+                    writer.write(block)
+                    digest.update(block)
+                    blob.update(block)
+        after = source.stat()
+        if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+            raise PublishError(
+                f"{folder / name} changed while it was being read (is a job still writing into {folder}?); publish "
+                "it once nothing writes there any more."
+            )
+        self.sha256[name], self.blob_id[name] = digest.hexdigest(), blob.hexdigest()
+
+    def discard(self) -> None:
+        self.staging.discard()
 
 
 def _classes_in(path: Path) -> set[str]:
@@ -67,13 +133,50 @@ def _has_head(config: dict) -> bool:
     return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
 
 
-def validate(folder: Path, allow_extra_files: bool = False) -> list[str]:
-    """Everything that can be checked without running the model; an empty list means publishable so far."""
-    problems = upload_set_problems(folder, allow_extra_files)
-    problems += [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
+def _model_type_of(code: Path, cls: str) -> str | None:
+    """The ``model_type = "..."`` a configuration class declares in its own body."""
+    try:
+        tree = ast.parse(code.read_text())
+    except (SyntaxError, ValueError, OSError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.Assign) and any(getattr(t, "id", None) == "model_type" for t in item.targets):
+                    return item.value.value if isinstance(item.value, ast.Constant) else None
+    return None
+
+
+def config_problems(folder: Path, config: dict) -> list[str]:
+    """Fields the loaders and the smoke test rely on, checked before anything reads them."""
+    problems = []
+    size = config.get("image_size")
+    sizes = [size] if isinstance(size, int) else size if isinstance(size, list) and len(size) == 2 else None
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 16384 for s in sizes):
+        problems.append(f"config.json image_size must be a positive size (an int or [height, width]), got {size!r}")
+    module, _, cls = config.get("auto_map", {}).get("AutoConfig", "").rpartition(".")
+    declared = _model_type_of(folder / f"{module}.py", cls) if module else None
+    if declared is not None and config.get("model_type") != declared:
+        problems.append(
+            f"config.json model_type is {config.get('model_type')!r} but its config class {cls} is {declared!r}: "
+            "the folder mixes families; reconvert it"
+        )
+    labels = config.get("id2label") or {}
+    bad = sorted({str(v) for v in labels.values() if any(unicodedata.category(c) == "Cc" for c in str(v))})
+    if bad:
+        problems.append(f"config.json id2label holds control characters in {bad}: give plain label names")
+    return problems
+
+
+def validate(folder: Path, allow_extra_files: bool = False, hashes: dict[str, str] | None = None) -> list[str]:
+    """Everything that can be checked without running the model; an empty list means publishable so far.
+    ``hashes`` (file name -> SHA-256, a snapshot's) saves hashing the weights again."""
+    problems = [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
+    problems = problems or upload_set_problems(folder, allow_extra_files)
     if problems:
         return problems
     config = json.loads((folder / "config.json").read_text())
+    problems += config_problems(folder, config)
     auto_map = config.get("auto_map", {})
     problems += [f"config.json auto_map lacks {cls}" for cls in AUTO_CLASS_NAMES if cls not in auto_map]
     references = list(auto_map.values()) + [
@@ -97,22 +200,23 @@ def validate(folder: Path, allow_extra_files: bool = False) -> list[str]:
                     problems.append(f"{weights.name} holds no tensors")
         except (SafetensorError, OSError) as error:
             problems.append(f"{weights.name} is not a readable safetensors file ({error})")
-    problems += stale_parity_problems(folder)
+    problems += stale_parity_problems(folder, hashes) + card_problems(folder)
     card = ModelCard.load(folder / "README.md")
-    for field in ("library_name", "pipeline_tag", "tags"):
-        if not getattr(card.data, field, None):
-            problems.append(f"model card metadata lacks {field}")
+    for name in ("library_name", "pipeline_tag", "tags"):
+        if not getattr(card.data, name, None):
+            problems.append(f"model card metadata lacks {name}")
     return problems
 
 
-def smoke_test(folder: Path) -> None:
-    """Load through the Auto classes with trust_remote_code in a clean process and run one batch."""
+def smoke_test(folder: Path, isolate: bool) -> None:
+    """Load through the Auto classes with trust_remote_code in a clean process and run one batch; ``isolate``:
+    in conversion/sandbox.py's namespaces."""
     config = json.loads((folder / "config.json").read_text())
     size = config["image_size"]
     height, width = (size, size) if isinstance(size, int) else size
     with_head = _has_head(config)
     pixels = torch.randn(1, config.get("num_channels", 3), height, width)
-    outputs = run_folder(folder, {"native": pixels}, with_head)
+    outputs = run_folder(folder, {"native": pixels}, with_head, isolate=isolate)
     if not all(torch.isfinite(value).all() for value in outputs.values()):
         raise PublishError(f"{folder} produces non-finite outputs")
 
@@ -136,10 +240,11 @@ def upload_set_problems(folder: Path, allow_extra_files: bool) -> list[str]:
         if p.is_symlink() and not _hidden(p, folder)
     ]
     if not allow_extra_files:
+        code = code_files(folder)
         extra = [
             p.relative_to(folder).as_posix()
             for p in upload_set(folder)
-            if p.parent != folder or not FOLDER_FILES.fullmatch(p.name)
+            if p.parent != folder or not (FOLDER_FILES.fullmatch(p.name) or p.name in code)
         ]
         if extra:
             problems.append(
@@ -149,22 +254,34 @@ def upload_set_problems(folder: Path, allow_extra_files: bool) -> list[str]:
     return problems
 
 
+def code_files(folder: Path) -> set[str]:
+    """The code files a folder's auto_map entries (config and image processor) reach through their imports."""
+    roots = set()
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            auto_map = json.loads((folder / name).read_text()).get("auto_map") or {}
+        except (OSError, ValueError):
+            continue
+        roots |= {f"{reference.rpartition('.')[0]}.py" for reference in auto_map.values() if isinstance(reference, str)}
+    present = [folder / root for root in sorted(roots) if (folder / root).is_file()]
+    try:
+        return {path.name for path in sibling_closure(present) if path.is_file()}
+    except (SyntaxError, ValueError, OSError):  # an unparsable file: import_problems names it
+        return {path.name for path in folder.glob("*.py")}
+
+
 def operations(target: Target) -> list[CommitOperationAdd]:
-    """One add per file of the upload set; the card's usage snippet gets the real repo id."""
-    adds = []
-    for path in upload_set(target.folder):
-        name = path.relative_to(target.folder).as_posix()
-        content: Path | bytes = path
-        if name == "README.md":
-            content = path.read_text().replace(f'"{REPO_ID_PLACEHOLDER}"', f'"{target.repo_id}"').encode()
-        adds.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
-    return adds
+    """One add per file of the snapshot: the bytes that were validated and smoke-tested."""
+    snapshot = target.snapshot
+    return [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=snapshot.path / name) for name in sorted(snapshot.sha256)
+    ]
 
 
 def commit_plan(target: Target, revision: str | None) -> list[str]:
-    files = upload_set(target.folder)
-    lines = [f"repo {target.repo_id} @ {revision or 'main'}: {len(files)} files"]
-    lines += [f"  {p.relative_to(target.folder)}  {p.stat().st_size:,} bytes" for p in files]
+    snapshot = target.snapshot
+    lines = [f"repo {target.repo_id} @ {revision or 'main'}: {len(snapshot.sha256)} files"]
+    lines += [f"  {name}  {(snapshot.path / name).stat().st_size:,} bytes" for name in sorted(snapshot.sha256)]
     skipped = sorted(p.relative_to(target.folder).as_posix() for p in target.folder.iterdir() if p.name.startswith("."))
     if skipped:
         lines.append(f"  not sent (hidden): {', '.join(skipped)}")
@@ -180,27 +297,61 @@ def commit_message(folder: Path) -> str:
     return f"Upload {name} (vitzoo_hf, timm {config.get('timm_version', '?')}, parity max abs diff {worst:.1e})"
 
 
-def publish(api: HfApi, target: Target, private: bool, revision: str | None, create_pr: bool) -> tuple[str, bool]:
-    """Create the repo if needed and commit the folder; returns (commit sha, changed)."""
-    api.create_repo(target.repo_id, private=private, exist_ok=True)
-    if revision:
-        api.create_branch(target.repo_id, branch=revision, exist_ok=True)
+def remote_state(api: HfApi, target: Target, revision: str | None) -> tuple[str | None, list[str]]:
+    """What the repo holds at ``revision``: its commit and the files of the snapshot it does not hold as they are
+    here (compared by the Hub's own ids: SHA-256 for LFS files, git blob ids otherwise). (None, all) when the repo
+    or the revision does not exist yet."""
+    snapshot = target.snapshot
     try:
-        before = api.model_info(target.repo_id, revision=revision).sha
-    except HfHubHTTPError:
-        before = None
-    info = api.create_commit(
-        repo_id=target.repo_id,
-        operations=operations(target),
-        revision=revision,
-        commit_message=commit_message(target.folder),
-        create_pr=create_pr,
-    )
-    return info.oid, info.oid != before
+        sha = api.model_info(target.repo_id, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None, sorted(snapshot.sha256)
+    remote = {
+        e.path: e for e in api.list_repo_tree(target.repo_id, revision=sha, recursive=True) if isinstance(e, RepoFile)
+    }
+    differ = []
+    for name in sorted(snapshot.sha256):
+        entry = remote.get(name)
+        held = None if entry is None else entry.lfs.sha256 if entry.lfs else entry.blob_id
+        if held != (snapshot.sha256[name] if entry is not None and entry.lfs else snapshot.blob_id[name]):
+            differ.append(name)
+    return sha, differ
+
+
+class Publication:
+    """One repo's publication, remembering whether its commit request went out (for what an interruption means)."""
+
+    def __init__(self, api: HfApi, target: Target) -> None:
+        self.api, self.target, self.sent = api, target, False
+
+    def run(self, private: bool, revision: str | None, create_pr: bool) -> tuple[str, bool]:
+        """Create the repo if needed and commit the snapshot unless the repo holds it already; returns (commit
+        sha, changed)."""
+        api, target = self.api, self.target
+        api.create_repo(target.repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(target.repo_id, branch=revision, exist_ok=True)
+        before, differ = remote_state(api, target, revision)
+        if before is not None and not differ:
+            return before, False
+        if before is not None:
+            held = len(target.snapshot.sha256) - len(differ)
+            print(f"{target.repo_id} at {before} holds {held} of this folder's {len(target.snapshot.sha256)} files; "
+                  f"sending {', '.join(differ)}")  # fmt: skip
+        phase("upload")
+        self.sent = True
+        info = api.create_commit(
+            repo_id=target.repo_id,
+            operations=operations(target),
+            revision=revision,
+            commit_message=commit_message(target.snapshot.path),
+            create_pr=create_pr,
+        )
+        return info.oid, info.oid != before
 
 
 def usage_snippet(target: Target, sha: str) -> str:
-    config = json.loads((target.folder / "config.json").read_text())
+    config = json.loads((target.snapshot.path / "config.json").read_text())
     auto = "AutoModelForImageClassification" if _has_head(config) else "AutoModel"
     return (
         f"from transformers import {auto}\n"
@@ -262,6 +413,41 @@ def redact(text: str) -> str:
     return TOKEN_TEXT.sub("hf_***", text)
 
 
+def prepare(targets: list[Target], allow_extra_files: bool, trust_code: bool) -> None:
+    """Snapshot, validate and smoke-test every target (each gets its ``snapshot``); raises on the first refusal."""
+    isolation = unavailable_reason()
+    print(
+        "smoke test: each folder's code runs in a clean process with no credentials in its environment, "
+        + ("isolated (no network, no other process, credential folders hidden)" if isolation is None else
+           f"NOT isolated ({isolation}): only code files of a vitzoo_hf release will run")
+    )  # fmt: skip
+    for target in targets:  # refuse everything before uploading anything
+        problems = [f"missing {name}" for name in REQUIRED if not (target.folder / name).is_file()]
+        problems = problems or upload_set_problems(target.folder, allow_extra_files)
+        if problems:
+            raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
+        for line in clean_stale(target.folder):
+            print(line)
+        target.snapshot = Snapshot.take(target.folder, target.repo_id)
+        snapshot = target.snapshot
+        problems = validate(snapshot.path, allow_extra_files, snapshot.sha256)
+        if problems:
+            raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
+        foreign = unknown_code(snapshot.path)
+        if foreign and not trust_code:
+            raise PublishError(
+                f"{target.folder}: {', '.join(foreign)} differ from every vitzoo_hf release's code files, and the "
+                "smoke test would run them. Read them; if you trust them, pass --trust-code (they then run isolated)."
+            )
+        if foreign and isolation is not None:
+            raise PublishError(
+                f"{target.folder}: {', '.join(foreign)} are not a vitzoo_hf release's code and this machine cannot run "
+                f"them isolated ({isolation}); they are never run unisolated. Publish from a Linux machine that allows "
+                "user namespaces (or inside a container)."
+            )
+        smoke_test(snapshot.path, isolate=isolation is None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = RedactingParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
@@ -275,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-extra-files", action="store_true", help="publish files a converted folder does not hold, too"
     )
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run and publish code files that are not a vitzoo_hf release's (the smoke test still runs them isolated)",
+    )
     parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.token is not None:
@@ -283,20 +474,25 @@ def main(argv: list[str] | None = None) -> int:
             "`hf auth login`"
         )
     exit_on_termination()
+    targets: list[Target] = []
     try:
         targets = targets_for(expand(args.folders), args.repo_id, args.org)
-        print(
-            "smoke test: each folder's code runs in a clean, offline process with no credentials in its environment "
-            "(validation executes the folder's Python files)"
-        )
-        for target in targets:  # refuse everything before uploading anything
-            problems = validate(target.folder, args.allow_extra_files)
-            if problems:
-                raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
-            smoke_test(target.folder)
+        prepare(targets, args.allow_extra_files, args.trust_code)
+        return upload(targets, args)
     except (PublishError, RuntimeError, OSError, ValueError) as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted before anything was uploaded", file=sys.stderr)
+        return 130
+    finally:
+        for target in targets:
+            if target.snapshot is not None:
+                target.snapshot.discard()
+
+
+def upload(targets: list[Target], args: argparse.Namespace) -> int:
+    """Publish the prepared targets in order; the table at the end says what each repo holds now."""
     if args.dry_run:
         for target in targets:
             print("\n".join(commit_plan(target, args.revision)))
@@ -310,17 +506,17 @@ def main(argv: list[str] | None = None) -> int:
     api = HfApi()
     done, failed = [], None
     for target in tqdm(targets, desc="publishing", unit="repo"):
+        publication = Publication(api, target)
         try:
-            phase("upload")
-            sha, changed = publish(api, target, args.private, args.revision, args.create_pr)
+            sha, changed = publication.run(args.private, args.revision, args.create_pr)
         except Exception as error:  # HTTP, connection and validation errors alike end in the table
             failed = (target, redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
             break
-        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: a commit is atomic on the Hub, so the repo is as it was
-            failed = (target, "interrupted before the commit completed; the repo is unchanged")
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C
+            failed = (target, INTERRUPTED_AFTER_SENDING if publication.sent else INTERRUPTED_BEFORE_SENDING)
             break
         done.append((target, sha, changed))
-        state = "published" if changed else "unchanged (already on the Hub): nothing published"
+        state = "published" if changed else "unchanged: the repo already holds exactly this folder, nothing published"
         print(f"{target.repo_id}: {state} at {sha}\n{usage_snippet(target, sha)}")
     print("| repo | commit | status |\n|---|---|---|")
     for target, sha, changed in done:
@@ -331,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped; earlier repos are intact; not attempted: {left}", file=sys.stderr)
         return 1
     return 0
+
+
+INTERRUPTED_BEFORE_SENDING = "interrupted before the commit was sent; the repo is unchanged"
+INTERRUPTED_AFTER_SENDING = (
+    "interrupted after the commit was sent: it may still complete on the Hub. Run the same command again: it says "
+    "what the repo holds and sends only what is missing"
+)
 
 
 if __name__ == "__main__":

@@ -224,12 +224,28 @@ def publishable_permissions(folder: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+class _Resume(Exception):
+    pass
+
+
 def phase(name: str) -> None:
     """A named point of the run. Fault-injection tests set ``VITZOO_PAUSE_AT=name`` to hold the process there
-    (so a signal lands in that phase); otherwise it does nothing."""
-    if os.environ.get("VITZOO_PAUSE_AT") == name:
-        print(f"paused at {name}", flush=True)
+    (so a signal lands in that phase, or the test changes something meanwhile); SIGUSR1 resumes it early. Otherwise
+    it does nothing."""
+    if os.environ.get("VITZOO_PAUSE_AT") != name:
+        return
+
+    def resume(signum, frame):
+        raise _Resume
+
+    previous = signal.signal(signal.SIGUSR1, resume)
+    print(f"paused at {name}", flush=True)
+    try:
         time.sleep(120)
+    except _Resume:
+        pass
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def exit_on_termination() -> None:

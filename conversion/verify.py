@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from conversion.sandbox import sandboxed
+
 # Runs in the child: block our package and timm, load through the Auto classes, write outputs.
 CHILD = r"""
 import sys
@@ -102,17 +104,21 @@ def run_folder(
     overrides: dict | None = None,
     scratch: Path | None = None,
     calls: dict[str, dict] | None = None,
+    isolate: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Outputs of ``folder`` loaded with trust_remote_code in a fresh process started outside the repo. This runs
     the folder's Python files: the child gets no credentials (see ``untrusted_env``). ``scratch`` is where its
     temporary files go (a converter passes its staging folder, so an interrupted run leaves nothing elsewhere);
-    ``calls`` gives model call arguments per input name."""
+    ``calls`` gives model call arguments per input name; ``isolate`` runs the child in ``conversion.sandbox``
+    (for code that is not ours), seeing only the Python installation, the folder (read-only) and its scratch."""
     with tempfile.TemporaryDirectory(prefix=".vitzoo-verify-", dir=scratch and scratch.resolve()) as tmp:
         inputs_path, outputs_path = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
         save_file({k: v.contiguous() for k, v in inputs.items()}, str(inputs_path))
         env = untrusted_env(Path(tmp))
         args = [sys.executable, "-c", CHILD, str(folder.resolve()), str(inputs_path), str(outputs_path)]
         args += ["1" if with_head else "0", json.dumps(overrides or {}), json.dumps(calls or {})]
+        if isolate:
+            args = sandboxed(args, expose=[(folder, False), (Path(tmp), True)], cwd=Path(tmp))
         result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
@@ -46,6 +47,7 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, bool]] = []  # (method, path, authorised)
         self.forbidden: set[str] = set()  # repo ids whose creation is refused (to stage mid-run failures)
+        self.commit_delay = 0.0  # seconds a commit request waits before it lands (a slow Hub, for interruptions)
         self.lock = threading.Lock()
 
 
@@ -215,6 +217,7 @@ class Handler(BaseHTTPRequestHandler):
                 files.pop(line["value"]["path"], None)
             elif line["key"] != "header":
                 return self._send(400, {"error": f"unsupported commit line {line['key']} (regular uploads only)"})
+        time.sleep(self.state.commit_delay)  # the client may be gone by now; the commit lands all the same
         sha = repo.commit(ref, files, header["summary"])
         url = f"http://{self.headers['Host']}/{repo_id}/commit/{sha}"
         return self._send(200, {"commitOid": sha, "commitUrl": url, "pullRequestUrl": pr_url})

@@ -137,22 +137,81 @@ def test_a_folder_created_while_converting_is_not_replaced(tmp_path: Path, monke
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and hidden(tmp_path) == []
 
 
-def test_publisher_killed_during_upload_leaves_the_repo_as_it_was(folder, hub) -> None:  # noqa: F811
+def edited_card(source: Path, tmp_path: Path) -> Path:
+    """A copy of ``source`` whose card has one more line: another version of the same folder to publish."""
+    copy = tmp_path / "edited"
+    shutil.copytree(source, copy)
+    (copy / "README.md").write_text((copy / "README.md").read_text() + "\nFine-tuned notes.\n")
+    return copy
+
+
+def start_push(env: dict, source: Path, repo_id: str, pause: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "push_to_hub.py"), str(source), "--repo-id", repo_id],
+        cwd=ROOT, env={**env, "VITZOO_PAUSE_AT": pause or ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def test_publisher_killed_during_upload_leaves_the_repo_as_it_was(folder, hub, tmp_path: Path) -> None:  # noqa: F811
     state, env = hub
     assert push(env, str(folder), "--repo-id", "vitzoo/tiny").returncode == 0
     before = dict(state.repos["vitzoo/tiny"].refs)
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "push_to_hub.py"), str(folder), "--repo-id", "vitzoo/tiny"],
+        [sys.executable, str(ROOT / "push_to_hub.py"), str(edited_card(folder, tmp_path)), "--repo-id", "vitzoo/tiny"],
         cwd=ROOT, env={**env, "VITZOO_PAUSE_AT": "upload"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(process, "paused at upload")
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1 and "interrupted before the commit completed" in stdout + stderr
+    assert process.returncode == 1 and "interrupted before the commit was sent; the repo is unchanged" in stdout
     assert TOKEN not in stdout + stderr
     assert state.repos["vitzoo/tiny"].refs == before
     again = push(env, str(folder), "--repo-id", "vitzoo/tiny")
-    assert again.returncode == 0 and "unchanged" in again.stdout
+    assert again.returncode == 0 and "unchanged: the repo already holds exactly this folder" in again.stdout
+    assert hidden(folder.parent) == []  # the snapshot went with the process
+
+
+def test_interrupted_after_the_commit_is_sent_says_it_may_land_and_the_next_run_reads_the_repo(folder, hub) -> None:  # noqa: F811
+    """SIGTERM while the Hub is still processing the commit: the publisher cannot know whether it lands, says so,
+    and the next run reads the repo: here the commit did land, so nothing is sent again."""
+    state, env = hub
+    state.commit_delay = 4.0
+    process = start_push(env, folder, "vitzoo/slow")
+    deadline = time.monotonic() + 120
+    while not any("/commit/" in path for _, path, _ in state.requests):
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 1 and "interrupted after the commit was sent: it may still complete" in stdout
+    while "main" not in state.repos["vitzoo/slow"].refs or len(state.repos["vitzoo/slow"].commits) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    state.commit_delay = 0.0
+    again = push(env, str(folder), "--repo-id", "vitzoo/slow")
+    assert again.returncode == 0 and "unchanged: the repo already holds exactly this folder" in again.stdout
+    assert [p for p in posts(state) if "/commit/" in p] == ["/api/models/vitzoo/slow/commit/main"]
+
+
+def test_what_is_uploaded_is_what_was_validated(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    """Weights re-saved into the folder after validation (a training job still writing) are not what is sent: the
+    upload carries the validated snapshot, byte for byte."""
+    state, env = hub
+    copy = tmp_path / "busy"
+    shutil.copytree(folder, copy)
+    validated = (copy / "model.safetensors").read_bytes()
+    process = start_push(env, copy, "vitzoo/busy", pause="upload")
+    wait_for(process, "paused at upload")
+    tensors = load_file(copy / "model.safetensors")
+    save_file({k: v + 1 for k, v in tensors.items()}, copy / "model.safetensors", metadata={"format": "pt"})
+    (copy / "vitzoo_parity.json").unlink()
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    repo = state.repos["vitzoo/busy"]
+    published = repo.commits[repo.refs["main"]]
+    assert published["model.safetensors"] == validated and "vitzoo_parity.json" in published
 
 
 def test_unreachable_server_ends_in_the_summary_table(folder, hub) -> None:  # noqa: F811
@@ -424,9 +483,67 @@ def test_dry_run_smoke_test_cannot_read_the_token(folder, hub, tmp_path: Path) -
         + "\ntry:\n    from huggingface_hub import get_token\nexcept ImportError:\n    get_token = None\n"
         + "raise RuntimeError(f'TOKEN SEEN: {get_token()}')\n"  # the error text reaches the publisher's output
     )
-    run = push(env, str(copy), "--repo-id", "vitzoo/nosy", "--dry-run")
-    assert "smoke test: each folder's code runs in a clean, offline process with no credentials" in run.stdout
+    run = push(env, str(copy), "--repo-id", "vitzoo/nosy", "--dry-run", "--trust-code")
+    assert "smoke test: each folder's code runs in a clean process with no credentials in its environment" in run.stdout
     assert run.returncode == 1 and "TOKEN SEEN: None" in run.stderr
+
+
+# What the second fault probe ran: import rules bypassed (torch re-exports os, __builtins__ holds open), the token
+# looked for in every visible process's environment and in HF_HOME's token file by absolute path, the Hub called.
+HOSTILE = """
+from torch.serialization import os as _os
+from torch.hub import urlopen as _urlopen
+_open = __builtins__["open"] if isinstance(__builtins__, dict) else getattr(__builtins__, "open")
+_seen = []
+for _pid in [_os.getppid(), *(p for p in _os.listdir("/proc") if p.isdigit())]:
+    try:
+        _seen.append(_open(f"/proc/{{_pid}}/environ").read())
+    except Exception:
+        pass
+for _path in {paths!r}:
+    try:
+        _seen.append(_open(_path).read())
+    except Exception as _error:
+        _seen.append(type(_error).__name__)
+try:
+    _urlopen("{endpoint}/api/whoami-v2", timeout=3).read()
+    _seen.append("NETWORK REACHED")
+except Exception:
+    pass
+raise RuntimeError("PAYLOAD RAN " + "|".join(_seen)[::-1])
+"""
+
+
+def hostile_copy(source: Path, tmp_path: Path, env: dict) -> Path:
+    home = Path(env["HF_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "token").write_text(TOKEN)
+    paths = [str(home / "token"), str(Path.home() / ".cache" / "huggingface" / "token")]
+    copy = tmp_path / "hostile"
+    shutil.copytree(source, copy)
+    layers = copy / "token_layers.py"
+    layers.write_text(layers.read_text() + HOSTILE.format(paths=paths, endpoint=env["HF_ENDPOINT"]))
+    return copy
+
+
+def test_code_that_is_not_a_release_is_refused_unless_trusted(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    """The import rules cannot contain Python (this payload passes them); the publisher knows which code it runs:
+    files byte-identical to a vitzoo_hf release's, or what the user says they trust."""
+    state, env = hub
+    run = push(env, str(hostile_copy(folder, tmp_path, env)), "--repo-id", "vitzoo/hostile", "--dry-run")
+    assert run.returncode == 1 and "token_layers.py differ from every vitzoo_hf release's code files" in run.stderr
+    assert "pass --trust-code" in run.stderr and "PAYLOAD RAN" not in run.stdout + run.stderr
+    assert posts(state) == []
+
+
+def test_trusted_code_runs_isolated_from_token_processes_and_network(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    state, env = hub
+    run = push(env, str(hostile_copy(folder, tmp_path, env)), "--repo-id", "vitzoo/hostile", "--trust-code")
+    output = run.stdout + run.stderr
+    assert run.returncode == 1 and "PAYLOAD RAN" in output, output[-3000:]  # it ran, and failed the smoke test
+    assert TOKEN not in output and TOKEN[::-1] not in output and "NETWORK REACHED" not in output
+    assert "HF_TOKEN" not in output and "NRUT_FH" not in output  # no other process's environment was readable
+    assert posts(state) == [] and not any("whoami" in path for _, path, _ in state.requests)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import timm
 from safetensors.torch import load_file, save_file
 
 from conversion.convert_timm import convert
+from conversion.parity_record import CARD_SECTION
 from conversion.verify import clean_env
 from tests import hub_server
 from tests.helpers import perturb
@@ -101,7 +103,7 @@ def test_publish_then_reload_pinned_in_a_fresh_process(folder: Path, hub) -> Non
     assert from_hub == pytest.approx(reload(env, str(folder)), abs=1e-6)
 
     again = push(env, str(folder), "--repo-id", "vitzoo/tiny-vit")
-    assert again.returncode == 0 and "unchanged (already on the Hub): nothing published" in again.stdout
+    assert again.returncode == 0 and "unchanged: the repo already holds exactly this folder" in again.stdout
     assert repo.refs["main"] == sha and len(repo.commits) == 2  # the initial commit and ours
 
 
@@ -138,11 +140,38 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
     elif how == "truncated weights":
         weights = copy / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:5000])
-    elif how == "weights missing a tensor":  # a user's folder without a parity record: the smoke test catches it
+    elif how == "weights missing a tensor":  # a user's folder without a parity claim: the smoke test catches it
         (copy / "vitzoo_parity.json").unlink()
+        card = copy / "README.md"
+        card.write_text(card.read_text().split(CARD_SECTION)[0])
         tensors = load_file(copy / "model.safetensors")
         tensors.pop("vit.blocks.0.attn.qkv.weight")
         save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    elif how == "parity record deleted":
+        (copy / "vitzoo_parity.json").unlink()
+    elif how == "card figure edited":
+        card = copy / "README.md"
+        head, table = card.read_text().split(CARD_SECTION)
+        card.write_text(head + CARD_SECTION + re.sub(r"\| \d\.\d\de[-+]\d\d \|", "| 3.00e-09 |", table, count=1))
+    elif how == "record figure edited":
+        record = json.loads((copy / "vitzoo_parity.json").read_text())
+        record["max_abs_diff"] = dict.fromkeys(record["max_abs_diff"], 3e-9)
+        (copy / "vitzoo_parity.json").write_text(json.dumps(record))
+    elif how == "record bound to nothing":
+        record = json.loads((copy / "vitzoo_parity.json").read_text())
+        record["weights"] = {}
+        (copy / "vitzoo_parity.json").write_text(json.dumps(record))
+    elif how == "extra code file":
+        (copy / "helpers.py").write_text("x = 1\n")
+    elif how == "mixed families":
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "model_type": "vitzoo_eva"}))
+    elif how == "control characters in labels":
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "id2label": {"0": "cat\x1b[2J"}}))
+    elif how == "no image size":
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "image_size"}))
     elif how == "weights changed after conversion":
         tensors = load_file(copy / "model.safetensors")
         tensors["vit.blocks.0.attn.qkv.weight"] += 1
@@ -158,6 +187,14 @@ def _broken(folder: Path, tmp_path: Path, how: str) -> Path:
         ("weights changed after conversion", "vitzoo_parity.json was verified on other weights"),
         ("truncated weights", "model.safetensors is not a readable safetensors file"),
         ("weights missing a tensor", "weights do not match the config"),
+        ("parity record deleted", "README.md claims parity with timm ('## Parity with timm') but vitzoo_parity.json"),
+        ("card figure edited", "README.md's parity table differs from vitzoo_parity.json for"),
+        ("record figure edited", "README.md's parity table differs from vitzoo_parity.json for"),
+        ("record bound to nothing", "vitzoo_parity.json names no weight files"),
+        ("extra code file", "files that are not part of a converted folder: ['helpers.py']"),
+        ("mixed families", "model_type is 'vitzoo_eva' but its config class VitzooViTConfig is 'vitzoo_vit'"),
+        ("control characters in labels", "id2label holds control characters in ['cat\\x1b[2J']"),
+        ("no image size", "config.json image_size must be a positive size (an int or [height, width]), got None"),
     ],
 )
 def test_invalid_folders_are_refused_before_any_upload(folder: Path, hub, tmp_path: Path, how, message) -> None:

@@ -209,3 +209,11 @@ def test_from_pretrained_builds_on_meta_and_matches_timm(saved, monkeypatch) -> 
         torch.testing.assert_close(loaded(x).logits, timm_model(x), atol=1e-5, rtol=1e-5)
         features = loaded.base_model(x).last_hidden_state
         torch.testing.assert_close(features, timm_model.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_every_code_file_is_recorded_in_the_release_allow_list() -> None:
+    """The publisher runs without --trust-code only files byte-identical to a release's: a changed code file must be
+    recorded (``python -m conversion.code_hashes --update``), or folders converted with it could not be published."""
+    from conversion.code_hashes import unrecorded
+
+    assert unrecorded() == [], "run: python -m conversion.code_hashes --update"
