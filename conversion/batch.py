@@ -2,16 +2,18 @@
 
     python -m conversion.batch MANIFEST --output-root DIR [--dtype bf16] [--overwrite]
 
-MANIFEST has one model per line: ``timm_name[.tag] [checkpoint_path]``; blank lines and ``#`` comments are
-skipped. Each model goes to DIR/<name>. Folders already converted (a verified config.json for the same
-name) are skipped, so an interrupted run resumes. One failure does not stop the others; the run ends with a
-table (name, parameters, parity, seconds, status) and exits non-zero if any conversion failed.
+MANIFEST has one model per line: ``timm_name[.tag] [checkpoint_path]`` (a path with spaces in quotes, as in a
+shell); blank lines and ``#`` comments are skipped. Each model goes to DIR/<name>. Folders already converted (a
+verified config.json for the same name) are skipped, so an interrupted run resumes. One failure does not stop the
+others; the run ends with a table (name, parameters, parity, seconds, status) and exits non-zero if any conversion
+failed. SIGTERM stops it like Ctrl-C: the conversion under way leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from conversion.convert_timm import DTYPES, checkpoint_identity, convert
 from conversion.parity_record import read_parity_record, stale_parity_problems
+from conversion.staging import exit_on_termination
 
 
 @dataclass
@@ -44,9 +47,15 @@ def read_manifest(path: Path) -> list[Entry]:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        parts = line.split()
+        try:
+            parts = shlex.split(line)  # a checkpoint path with spaces is quoted, as in a shell
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: {error} in {raw!r}") from error
         if len(parts) > 2:
-            raise ValueError(f"{path}:{number}: expected 'timm_name [checkpoint]', got {raw!r}")
+            raise ValueError(
+                f"{path}:{number}: expected 'timm_name [checkpoint]', got {raw!r} (quote a path with spaces: "
+                '"my dir/ckpt.pth")'
+            )
         entries.append(Entry(parts[0], Path(parts[1]) if len(parts) == 2 else None))
     return entries
 
@@ -127,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         help="replace existing folders (by default finished ones are skipped and any other existing folder is refused)",
     )
     args = parser.parse_args(argv)
+    exit_on_termination()  # SIGTERM unwinds like Ctrl-C: the conversion under way removes its staging
     try:
         entries = read_manifest(args.manifest)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    outcomes = run(entries, args.output_root, args.dtype, args.overwrite)
+    try:
+        outcomes = run(entries, args.output_root, args.dtype, args.overwrite)
+    except KeyboardInterrupt as interrupt:
+        print(f"error: interrupted ({interrupt or 'Ctrl-C'}); finished folders are kept, the one under way was "
+              "removed; run again to resume", file=sys.stderr)  # fmt: skip
+        return 130
     print(table(outcomes))
     failed = sum(o.status.startswith(("failed", "refused")) for o in outcomes)
     print(f"{len(outcomes) - failed}/{len(outcomes)} done, {failed} failed")

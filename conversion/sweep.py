@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -24,6 +25,8 @@ from safetensors.torch import save_file
 
 from conversion.convert_timm import convert, family_of
 from conversion.families import conversions
+from conversion.staging import exit_on_termination
+from conversion.verify import die_with_parent
 
 
 def supported_tags(substring: str | None = None, family: str | None = None) -> list[str]:
@@ -71,11 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
     args = parser.parse_args(argv)
     tags = supported_tags(args.filter, args.family)
-    with ProcessPoolExecutor(args.workers) as pool:
-        results = []
-        for result in pool.map(sweep_one, tags, [args.depth] * len(tags)):
-            results.append(result)
-            print(f"{'ok  ' if result[1] else 'FAIL'} {result[0]}: {result[2]} ({result[3]:.0f} s)", flush=True)
+    exit_on_termination()
+    results = []
+    with multiprocessing.Pool(args.workers, initializer=die_with_parent) as pool:
+        try:
+            for result in pool.imap(partial(sweep_one, depth=args.depth), tags):
+                results.append(result)
+                print(f"{'ok  ' if result[1] else 'FAIL'} {result[0]}: {result[2]} ({result[3]:.0f} s)", flush=True)
+        except KeyboardInterrupt as interrupt:  # SIGTERM or Ctrl-C: no worker goes on converting on its own
+            pool.terminate()  # SIGTERM to each worker: its conversion under way removes its staging
+            pool.join()
+            print(f"interrupted ({interrupt or 'Ctrl-C'}) after {len(results)}/{len(tags)} tags", file=sys.stderr)
+            return 130
     passed = sum(ok for _, ok, _, _ in results)
     print(f"\n{passed}/{len(results)} converted with parity")
     for tag, ok, reason, _ in results:

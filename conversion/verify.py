@@ -86,9 +86,9 @@ def untrusted_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """Linux: the child is killed when its parent dies, so a killed converter leaves no orphan writing into a
-    staging folder that the next run removes."""
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies (run in a child: ``preexec_fn``, a pool initializer), so
+    a killed converter or sweep leaves no orphan working on its own."""
     try:
         import ctypes
 
@@ -119,7 +119,7 @@ def run_folder(
         args += ["1" if with_head else "0", json.dumps(overrides or {}), json.dumps(calls or {})]
         if isolate:
             args = sandboxed(args, expose=[(folder, False), (Path(tmp), True)], cwd=Path(tmp))
-        result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+        result = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, preexec_fn=die_with_parent)
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")
         return load_file(str(outputs_path))

@@ -118,6 +118,45 @@ def test_sigkill_leaves_the_good_state_and_the_next_run_cleans_up(good, phase: s
     assert hidden(out.parent) == [] and (out / "vitzoo_parity.json").is_file()
 
 
+def test_batch_sigterm_removes_the_conversion_under_way_and_resumes(tmp_path: Path) -> None:
+    """Also: a checkpoint path with spaces, quoted in the manifest as in a shell."""
+    spaced = tmp_path / "my checkpoints"
+    spaced.mkdir()
+    source = checkpoint(spaced)
+    manifest, root = tmp_path / "manifest.txt", tmp_path / "root"
+    manifest.write_text(f'{NAME} "{source}"  # quoted\n')
+    command = [sys.executable, "-m", "conversion.batch", str(manifest), "--output-root", str(root)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, "VITZOO_PAUSE_AT": "verify"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(process, "paused at verify")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert not root.exists() or (list(root.iterdir()) == [])
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "| converted |" in rerun.stdout, rerun.stderr[-2000:]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_sweep_workers_die_with_the_sweep(how: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conversion.sweep", "--filter", "test_vit.r160", "--workers", "1"],
+        cwd=ROOT, env={**os.environ, "VITZOO_PAUSE_AT": "verify"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_for(process, "paused at verify")
+    workers = descendants(process.pid)
+    assert workers, "the sweep converts in pool workers"
+    process.send_signal(getattr(signal, how))
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, f"workers still running after {how}: {workers}"
+        time.sleep(0.1)
+
+
 def test_a_folder_created_while_converting_is_not_replaced(tmp_path: Path, monkeypatch) -> None:
     """Someone else's folder that appears at the destination during the run is left alone (no --overwrite)."""
     import conversion.staging
