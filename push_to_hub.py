@@ -406,6 +406,9 @@ class RedactingParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        if message.startswith("unrecognized arguments: "):  # a mistyped --token's value is a secret of any shape
+            names = [a.split("=")[0] for a in message.removeprefix("unrecognized arguments: ").split() if a[:1] == "-"]
+            message = f"unrecognized arguments (values not shown: one may be a secret): {' '.join(names) or '-'}"
         self.exit(2, f"{self.prog}: error: {redact(message)}\n")
 
 

@@ -77,6 +77,14 @@ class TensorSource:
         except (SafetensorError, RuntimeError, OSError) as error:
             raise ValueError(f"Cannot read {key} from {self.origin} ({error}); the file may be truncated.") from error
 
+    def with_defaults(self, defaults: dict[str, torch.Tensor]) -> TensorSource:
+        """The same source, answering for ``defaults`` where it lacks them (BatchNorm's ``num_batches_tracked``,
+        which torch and timm load without)."""
+        added = {k: v for k, v in defaults.items() if k not in self.shapes}
+        read = self._read
+        shapes = {**self.shapes, **{k: tuple(v.shape) for k, v in added.items()}}
+        return TensorSource(shapes, lambda key: added[key] if key in added else read(key), self.origin)
+
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], origin: str) -> TensorSource:
         return cls({k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__, origin)

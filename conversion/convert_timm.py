@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import json
+import re
 import shutil
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +78,37 @@ def check_source_fits(source: TensorSource, skeleton: torch.nn.Module, model_nam
         raise ConversionError(
             f"{source.origin} does not fit {model_name}:\n"
             f"  missing keys: {missing[:20]}\n  unexpected keys: {unexpected[:20]}\n"
-            f"  shape mismatches: {mismatched[:20]}\nPass the timm name of the architecture the checkpoint was "
-            "trained with."
+            f"  shape mismatches: {mismatched[:20]}\n"
+            + (layout_hint(set(source.shapes), set(expected)) or "Pass the timm name of the architecture the "
+               "checkpoint was trained with.")
+        )  # fmt: skip
+
+
+WRAPPING_PREFIXES = ("model.", "backbone.", "encoder.", "timm_model.", "module.", "net.")
+
+
+def layout_hint(found: set[str], expected: set[str]) -> str | None:
+    """The likely cause when a checkpoint's keys do not fit: a wrapping prefix, timm's ``features_only`` naming, or
+    another library's layout."""
+    for prefix in WRAPPING_PREFIXES:
+        stripped = {k.removeprefix(prefix) for k in found}
+        if all(k.startswith(prefix) for k in found) and len(stripped & expected) > len(found & expected):
+            return (
+                f"Every key starts with {prefix!r} (a training wrapper's attribute): save the inner model's "
+                f"state_dict(), or strip the prefix, and convert that."
+            )
+    joined = {re.sub(r"^([A-Za-z]+)\.(\d+)", r"\1_\2", k) for k in expected}
+    if len(found & joined) > len(found & expected):
+        return (
+            "These are timm's features_only names ('stages_0.' for 'stages.0.'): a FeatureListNet's state dict. Save "
+            "the full model's state_dict() (timm.create_model(name) with the same weights), and convert that."
         )
+    if any(k.startswith("features.") for k in found) and not any(k.startswith("features.") for k in expected):
+        return (
+            "The keys look like a torchvision model's ('features.N...', 'classifier.N...'), whose layout is not "
+            "timm's: convert timm's own weights for this architecture, or rename the keys to timm's first."
+        )
+    return None
 
 
 def read_labels(path: Path) -> list[str]:
@@ -95,6 +124,12 @@ def read_labels(path: Path) -> list[str]:
         name = line.strip()
         if not name:
             continue
+        control = [c for c in name if unicodedata.category(c) == "Cc"]
+        if control:
+            raise ConversionError(
+                f"{path}:{number} holds a control character ({control[0]!r}) in the label {name!r}; labels are "
+                "shown in terminals and on the Hub: give plain text."
+            )
         if name in seen:
             raise ConversionError(
                 f"{path}:{number} repeats the label {name!r} of line {seen[name]}; labels must differ."
@@ -209,29 +244,37 @@ def verify(
     return parity
 
 
-def _finite(key: str, source: TensorSource) -> torch.Tensor:
-    """A tensor read for writing; NaN or Inf would make every output of the folder meaningless."""
+def _checked(key: str, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor read for writing, in the folder's dtype. NaN or Inf (in the checkpoint, or made by the cast) would
+    make every output meaningless, and a negative BatchNorm variance has no square root: refused by name."""
     tensor = source.get(key)
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
         raise ConversionError(f"{source.origin}: tensor {key} holds {bad} NaN/Inf values; the checkpoint is broken.")
-    return tensor
+    if key.endswith("running_var") and (tensor < 0).any():
+        raise ConversionError(
+            f"{source.origin}: BatchNorm variance {key} has {int((tensor < 0).sum())} negative values; the checkpoint "
+            "is broken (a variance cannot be negative)."
+        )
+    cast = tensor.to(dtype)
+    if cast.is_floating_point() and not torch.isfinite(cast).all():
+        largest = float(tensor.abs().max())
+        raise ConversionError(
+            f"{source.origin}: tensor {key} does not fit {dtype} (largest magnitude {largest:.3g}): the cast makes "
+            "Inf. Convert with --dtype bf16 or fp32."
+        )
+    return cast
 
 
 def checkpoint_identity(checkpoint: Path | None) -> dict | None:
-    """What the weights came from (file name, size, modification time, a hash of the full path: the record is
-    published, the local path is not), so a batch re-run can tell a finished conversion of the same checkpoint
-    from one of another; None for timm's pretrained source."""
+    """What the weights came from (file name, size, modification time; nothing that reveals where it lives: the
+    record is published), so a batch re-run can tell a finished conversion of the same checkpoint from one of
+    another; None for timm's pretrained source."""
     if checkpoint is None:
         return None
     path = Path(checkpoint).resolve()
     stat = path.stat()
-    return {
-        "name": path.name,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "path_sha256": hashlib.sha256(str(path).encode()).hexdigest(),
-    }
+    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def check_destination(output_dir: Path, overwrite: bool) -> None:
@@ -279,7 +322,7 @@ def _write_folder(
     if produced != target:
         missing, extra = sorted(set(target) - set(produced)), sorted(set(produced) - set(target))
         raise ConversionError(f"Key mapping bug: missing {missing[:10]}, extra {extra[:10]} (shapes may differ too).")
-    write_shards(staging, ((v, _finite(k, source).to(dtype)) for k, v in names.items()), max_shard_size)
+    write_shards(staging, ((v, _checked(k, source, dtype)) for k, v in names.items()), max_shard_size)
     config.architectures = [model_class.__name__]
     config.dtype = dtype
     config.save_pretrained(staging)
@@ -315,6 +358,8 @@ def convert(
     architecture, tag = resolve_model_name(model_name)
     conversion = family_of(model_name, model_kwargs)
     kwargs = {**conversion.reference_kwargs(model_name), **(model_kwargs or {})}
+    with torch.device("meta"):  # the layout is refused here, before any weight is read or downloaded
+        conversion.config_from_timm(timm.create_model(model_name, pretrained=False, **kwargs))
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
@@ -324,6 +369,9 @@ def convert(
     num_classes = source.shapes[classifier][0] if classifier in source else 0
     with torch.device("meta"):
         skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+    # torch and timm load BatchNorm without its step counter (older checkpoints lack it): so do we
+    counters = [k for k in skeleton.state_dict() if k.endswith("num_batches_tracked") and k not in source]
+    source = source.with_defaults({k: torch.tensor(0) for k in counters})
     check_source_fits(source, skeleton, model_name)
     config = conversion.config_from_timm(skeleton)
     id2label = id2label_for(skeleton, num_classes, label_names)

@@ -59,7 +59,9 @@ def test_release_0_1_folder_gives_its_outputs_today(name: str, tmp_path: Path) -
     ours = outputs(folder)
     assert set(ours) == set(expected)
     for key, value in expected.items():
-        torch.testing.assert_close(ours[key], value, atol=1e-6, rtol=1e-6, msg=key)
+        # The recorded outputs came from another CPU: float32 matmul kernels differ by machine (the same code gives
+        # 1.4e-6 here on an AVX-512 EPYC), so the bound is the tiny-model parity bound, not bit equality.
+        torch.testing.assert_close(ours[key], value, atol=1e-5, rtol=1e-5, msg=key)
 
     # Saved again, the folder speaks today's names and still gives the same outputs.
     auto_class = AutoModelForImageClassification if "native.logits" in expected else AutoModel

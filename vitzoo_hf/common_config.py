@@ -114,6 +114,12 @@ class VitzooConfig(BackboneConfigMixin, PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
+        saved = config_dict.get("model_type")
+        if saved is not None and saved != cls.model_type:  # transformers only warns, then builds a wrong model
+            raise ValueError(
+                f"This config is for model_type {saved!r}, not {cls.model_type!r} ({cls.__name__}): load it with the "
+                "class its auto_map names, e.g. AutoConfig.from_pretrained(path, trust_remote_code=True)."
+            )
         # Derived every time: a stale copy from an older release must not win over the current rule.
         fields = {k: v for k, v in config_dict.items() if k != "stage_names"}
         return super().from_dict(cls.upgrade_saved_fields(fields), **kwargs)

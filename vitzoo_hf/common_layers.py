@@ -50,6 +50,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         raise ValueError(
             f"pixel_values must be a 4D tensor (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
         )
+    if 0 in pixel_values.shape[2:]:
+        raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}: an image needs at least 1x1 pixels.")
     if pixel_values.shape[1] != num_channels:
         raise ValueError(
             f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} "

@@ -29,13 +29,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+MAX_SIZE = 16384  # a sanity bound: larger "sizes" are typos, and would allocate gigabytes per image
+
+
 def input_size(size: dict) -> tuple[int, int]:
     """(height, width) the processor outputs, from a stock-style ``size`` dict."""
     if "shortest_edge" in size:
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-    if "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    raise ValueError(f"size must be {{'shortest_edge': S}} or {{'height': H, 'width': W}}, got {size!r}.")
+        height = width = size["shortest_edge"]
+    elif "height" in size and "width" in size:
+        height, width = size["height"], size["width"]
+    else:
+        raise ValueError(f"size must be {{'shortest_edge': S}} or {{'height': H, 'width': W}}, got {size!r}.")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIZE for v in (height, width)):
+        raise ValueError(f"size must hold whole pixel counts from 1 to {MAX_SIZE}, got {size!r}.")
+    return height, width
 
 
 def resized_size(image_hw: tuple[int, int], target_hw: tuple[int, int], crop_pct: float, crop_mode: str):
@@ -108,6 +115,8 @@ class VitzooImageProcessor(BaseImageProcessor):
             image = to_pil_image(image)
         if self.do_convert_rgb and image.mode != "RGB":
             image = image.convert("RGB")
+        if 0 in image.size:
+            raise ValueError(f"An image of {image.width}x{image.height} pixels has nothing to resize; check the input.")
         target = input_size(self.size)
         height, width = resized_size((image.height, image.width), target, self.crop_pct, self.crop_mode)
         if (width, height) != image.size:
@@ -126,7 +135,10 @@ class VitzooImageProcessor(BaseImageProcessor):
                 "size/crop_pct/crop_mode/resample/image_mean/image_std on the processor instead."
             )
         batch = images if isinstance(images, (list, tuple)) else [images]
-        pixel_values = np.stack([self.transform(image) for image in batch])
+        if batch:
+            pixel_values = np.stack([self.transform(image) for image in batch])
+        else:  # an empty batch stays one, as the models take it
+            pixel_values = np.zeros((0, len(self.image_mean), *input_size(self.size)), dtype=np.float32)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 

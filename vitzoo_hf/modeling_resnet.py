@@ -96,8 +96,9 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1)).sigmoid()
-        return x * gate.view(x.shape[0], -1, 1, 1)
+        batch, channels = x.shape[:2]  # not -1 in the views: an empty batch leaves it undefined
+        gate = self.conv(x.mean((2, 3)).view(batch, 1, channels)).sigmoid()
+        return x * gate.view(batch, channels, 1, 1)
 
 
 def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -85,18 +85,29 @@ def run_stages(
     """The last map, and the maps ``keep`` asks for by index (0 = the stem, i = stage i). Only those are held:
     every map held longer than needed makes the allocator take fresh pages (CPU time in page faults)."""
     check_pixel_values(pixel_values, model.config.num_channels)
-    hidden = model.stem(pixel_values)
-    stem_pool = getattr(model, "stem_pool", None)
-    pooled_stem_map = stem_pool is not None and model.config.stem_output == "pool"
-    if pooled_stem_map:
-        hidden = stem_pool(hidden)
-    kept = [hidden] if keep(0) else []
-    if stem_pool is not None and not pooled_stem_map:  # reassigned at once: the stem's map is freed unless kept
-        hidden = stem_pool(hidden)
-    for index, stage in enumerate(model.stages, start=1):
-        hidden = stage(hidden)
-        if keep(index):
-            kept.append(hidden)
+    # the model's dtype, as the token families' patch embedding casts (fp16 inputs to an fp32 model, and back)
+    hidden = pixel_values.to(next(model.stem.parameters()).dtype)
+    try:
+        hidden = model.stem(hidden)
+        stem_pool = getattr(model, "stem_pool", None)
+        pooled_stem_map = stem_pool is not None and model.config.stem_output == "pool"
+        if pooled_stem_map:
+            hidden = stem_pool(hidden)
+        kept = [hidden] if keep(0) else []
+        if stem_pool is not None and not pooled_stem_map:  # reassigned at once: the stem's map is freed unless kept
+            hidden = stem_pool(hidden)
+        for index, stage in enumerate(model.stages, start=1):
+            hidden = stage(hidden)
+            if keep(index):
+                kept.append(hidden)
+    except RuntimeError as error:
+        if "Kernel size can't be greater than actual input size" not in str(error):
+            raise
+        height, width = pixel_values.shape[-2:]
+        raise ValueError(
+            f"A {height}x{width} input is too small for this model: a downsampling layer's map shrank below its "
+            f"kernel. Use at least {model.config.strides[-1]} pixels a side (the model's total stride)."
+        ) from error
     return hidden, tuple(kept)
 
 

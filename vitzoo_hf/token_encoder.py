@@ -322,7 +322,7 @@ class TokenBackboneMixin(VitzooBackboneMixin):
             if config.apply_layernorm:
                 state = encoder.norm(state)
             if config.reshape_hidden_states:
-                state = state[:, prefix:].reshape(state.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+                state = state[:, prefix:].reshape(*state.shape[:1], *grid, state.shape[-1]).permute(0, 3, 1, 2)
                 state = state.contiguous()
             elif prefix > 1:  # [class token, patches]: other prefix tokens would shift DPT's reassemble grid
                 state = torch.cat([state[:, :1], state[:, prefix:]], dim=1)
