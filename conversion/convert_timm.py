@@ -370,7 +370,13 @@ def convert(
     with torch.device("meta"):
         skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     # torch and timm load BatchNorm without its step counter (older checkpoints lack it): so do we
-    counters = [k for k in skeleton.state_dict() if k.endswith("num_batches_tracked") and k not in source]
+    counters = [
+        k
+        for k in skeleton.state_dict()
+        if k.endswith(".num_batches_tracked")
+        and k not in source
+        and k.replace("num_batches_tracked", "running_mean") in source
+    ]
     source = source.with_defaults({k: torch.tensor(0) for k in counters})
     check_source_fits(source, skeleton, model_name)
     config = conversion.config_from_timm(skeleton)

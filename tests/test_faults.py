@@ -646,3 +646,158 @@ def test_relative_output_dir_from_another_working_directory(tmp_path: Path, monk
     result = convert(NAME, Path("rel") / "model", checkpoint=source)
     assert (tmp_path / "rel" / "model" / "vitzoo_parity.json").is_file() and hidden(tmp_path / "rel") == []
     assert result.output_dir == Path("rel") / "model"
+
+
+# ---- the second probe's smaller defects, each refused (or accepted) with a message --------------------------
+
+
+@pytest.mark.parametrize("variant", ["vit", "dinov3", "convnext", "ecaresnetlight_eca"])
+def test_empty_batches_and_half_inputs_run_in_every_family(variant: str) -> None:
+    from tests.helpers import make_timm, vitzoo_from_timm
+
+    timm_model = make_timm(variant)
+    classifier, backbone = (vitzoo_from_timm(timm_model, role) for role in ("classifier", "backbone"))
+    with torch.no_grad():
+        assert tuple(classifier(torch.randn(0, 3, 32, 32)).logits.shape) == (0, 7)
+        assert all(m.shape[0] == 0 for m in backbone(torch.randn(0, 3, 32, 32)).feature_maps)
+        half = torch.randn(2, 3, 32, 32).half()  # an fp32 model takes fp16 inputs (cast, as every family does)
+        torch.testing.assert_close(classifier(half).logits, classifier(half.float()).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "size", "message"),
+    [
+        ("vit", (0, 0), r"an image needs at least 1x1 pixels"),
+        ("convnext", (0, 5), r"an image needs at least 1x1 pixels"),
+        ("convnext", (7, 7), r"A 7x7 input is too small for this model.*at least 32 pixels a side"),
+        ("vit", (7, 7), r"Input size 7x7 is not divisible by the patch size 8x8"),
+    ],
+)
+def test_tiny_inputs_are_explained(variant: str, size: tuple[int, int], message: str) -> None:
+    from tests.helpers import make_timm, vitzoo_from_timm
+
+    model = vitzoo_from_timm(make_timm(variant), "classifier")
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(1, 3, *size), interpolate_pos_encoding=True)
+
+
+def test_resnet_takes_a_one_pixel_image_as_timm_does() -> None:
+    from tests.helpers import make_timm, vitzoo_from_timm
+
+    timm_model = make_timm("resnet50")
+    x = torch.randn(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(vitzoo_from_timm(timm_model, "classifier")(x).logits, timm_model(x))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_hidden_layers": 10**6}, r"num_hidden_layers=1000000 is outside 0..1024"),
+        ({"patch_size": 0}, r"patch_size=0 is outside 1..1024"),
+        ({"hidden_size": -32}, r"hidden_size=-32 is outside 1..65536"),
+    ],
+)
+def test_absurd_config_values_are_refused_before_building(fields: dict, message: str) -> None:
+    from vitzoo_hf import VitzooViTConfig, VitzooViTModel
+
+    base = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        VitzooViTModel(VitzooViTConfig(**{**base, "intermediate_size": 64, **fields}))
+    assert time.monotonic() - start < 10  # refused, not built
+
+
+def test_stage_widths_and_processor_sizes_are_bounded() -> None:
+    from vitzoo_hf import VitzooConvNextConfig, VitzooConvNextModel, VitzooImageProcessor
+
+    with pytest.raises(ValueError, match=r"hidden_sizes=\[16, -1, 32, 48\] is outside 1..65536"):
+        VitzooConvNextModel(VitzooConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, -1, 32, 48]))
+    with pytest.raises(ValueError, match=r"size must hold whole pixel counts from 1 to 16384"):
+        VitzooImageProcessor(size={"shortest_edge": 0})
+    assert tuple(VitzooImageProcessor(size={"shortest_edge": 32})([], return_tensors="pt")["pixel_values"].shape) == (
+        0, 3, 32, 32,
+    )  # fmt: skip
+
+
+def test_a_config_of_another_family_is_refused_by_model_type(tmp_path: Path) -> None:
+    from vitzoo_hf import VitzooEvaConfig, VitzooViTConfig
+
+    VitzooEvaConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                    intermediate_size=128).save_pretrained(tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"This config is for model_type 'vitzoo_eva', not 'vitzoo_vit'"):
+        VitzooViTConfig.from_pretrained(tmp_path)
+
+
+def test_an_unsupported_layout_is_refused_before_any_download(tmp_path: Path, monkeypatch) -> None:
+    downloads = []
+    create = timm.create_model
+
+    def spy(name, pretrained=False, **kwargs):
+        downloads.append(name) if pretrained else None
+        return create(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    with pytest.raises(ValueError, match="block type DiffParallelScalingBlock is not supported"):
+        convert("vit_dpwee_patch16_reg1_gap_256.sbb_in1k", tmp_path / "out")
+    assert downloads == [] and not (tmp_path / "out").exists()
+
+
+def _resnet_state(**kwargs) -> dict[str, torch.Tensor]:
+    return perturb(timm.create_model("test_resnet", **kwargs)).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("edit", "extra", "message"),
+    [
+        (lambda s: s["fc.weight"].__setitem__((0, 0), 1e6), {"dtype": "fp16"}, "does not fit torch.float16"),
+        (lambda s: s["bn1.running_var"].__setitem__(0, -0.5), {}, "BatchNorm variance bn1.running_var has 1 negative"),
+        (lambda s: s.update({f"model.{k}": s.pop(k) for k in list(s)}), {}, "Every key starts with 'model.'"),
+        (lambda s: s.update({f"features.{k}": s.pop(k) for k in list(s)}), {}, "look like a torchvision model's"),
+    ],
+    ids=["fp16_overflow", "negative_variance", "wrapper_prefix", "torchvision"],
+)
+def test_broken_or_foreign_weights_are_refused_naming_the_cause(tmp_path: Path, edit, extra, message) -> None:
+    state = _resnet_state()
+    edit(state)
+    save_file(state, tmp_path / "ckpt.safetensors")
+    with pytest.raises(ConversionError, match=message):
+        convert("test_resnet.r160_in1k", tmp_path / "out", checkpoint=tmp_path / "ckpt.safetensors", **extra)
+    assert not (tmp_path / "out").exists() and hidden(tmp_path) == []
+
+
+def test_features_only_checkpoints_are_named_as_such(tmp_path: Path) -> None:
+    model = timm.create_model("test_convnext", features_only=True)
+    save_file(perturb(model).state_dict(), tmp_path / "features.safetensors")
+    with pytest.raises(ConversionError, match="timm's features_only names"):
+        convert("test_convnext.r160_in1k", tmp_path / "out", checkpoint=tmp_path / "features.safetensors")
+
+
+def test_batchnorm_checkpoints_without_step_counters_convert(tmp_path: Path) -> None:
+    state = {k: v for k, v in _resnet_state().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, tmp_path / "old.safetensors")
+    result = convert("test_resnet.r160_in1k", tmp_path / "out", checkpoint=tmp_path / "old.safetensors")
+    assert max(result.parity.values()) <= 1e-5
+
+
+def test_the_record_names_the_checkpoint_but_not_where_it_lives(tmp_path: Path) -> None:
+    source = checkpoint(tmp_path)
+    result = convert(NAME, tmp_path / "out", checkpoint=source)
+    text = (result.output_dir / "vitzoo_parity.json").read_text()
+    assert json.loads(text)["checkpoint"].keys() == {"name", "size", "mtime_ns"}
+    assert str(tmp_path) not in text and "path" not in text
+
+
+def test_labels_with_control_characters_are_refused(tmp_path: Path) -> None:
+    from conversion.convert_timm import read_labels
+
+    with pytest.raises(ConversionError, match=r"labels.txt:2 holds a control character \('\\x1b'\)"):
+        read_labels(_labels(tmp_path, b"cat\ndog\x1b[2J\n"))
+
+
+def test_a_mistyped_token_flag_never_echoes_its_value(folder, hub) -> None:  # noqa: F811
+    _, env = hub
+    for arguments in (["--tokn", "SECRETVALUE"], ["--tokn=SECRETVALUE"], ["SECRETVALUE"]):
+        run = push(env, str(folder), "--repo-id", "vitzoo/x", "--dry-run", *arguments)
+        assert run.returncode == 2 and "SECRETVALUE" not in run.stdout + run.stderr
+        assert "unrecognized arguments (values not shown" in run.stderr
