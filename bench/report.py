@@ -1,4 +1,4 @@
-"""Regenerate the README's benchmark section from bench/results/*.json.
+"""Regenerate docs/BENCHMARKS.md's tables from bench/results/*.json.
 
     python bench/report.py
 
@@ -114,11 +114,11 @@ def main() -> None:
         conversion(),
     ]
     body = "\n\n".join("\n".join(section) for section in sections)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "BENCHMARKS.md"
+    text = page.read_text()
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
-    readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    page.write_text(f"{head}{START}\n{body}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ processor = AutoImageProcessor.from_pretrained("{REPO_ID_PLACEHOLDER}", trust_re
 outputs = model(**processor(images, return_tensors="pt"))
 ```
 {fine_tune}
-{other_sizes} Features for dense tasks: `AutoBackbone` (see the vitzoo_hf README for the route that works with
+{other_sizes} Features for dense tasks: `AutoBackbone` (see the vitzoo_hf docs/USAGE.md for the route that works with
 local folders).
 
 ## Parity with timm

@@ -222,19 +222,20 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
 
 
 def save_tiny_folder(
-    variant: str, folder: Path, seed: int = 0, headless: bool = False
+    variant: str, folder: Path, seed: int = 0, headless: bool = False, **extra
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A saved tiny folder (code files, config, weights, a 32-pixel processor), as a converted folder would be,
     plus the vitzoo model and the timm model (``dynamic_img_size``) it holds. A classifier with 7 named labels, or
-    with ``headless`` a foundation model without classifier (``num_labels=0``), as converted DINOv2/DINOv3 are."""
+    with ``headless`` a foundation model without classifier (``num_labels=0``), as converted DINOv2/DINOv3 are;
+    ``extra`` goes to the timm constructor (e.g. ``depth``)."""
     if headless:
-        timm_model = make_timm(variant, dynamic=True, seed=seed, num_classes=0)
+        timm_model = make_timm(variant, dynamic=True, seed=seed, num_classes=0, **extra)
         model = vitzoo_from_timm(timm_model, "model")
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(folder)
         VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
         return model, timm_model
-    timm_model = make_timm(variant, dynamic=True, seed=seed)
+    timm_model = make_timm(variant, dynamic=True, seed=seed, **extra)
     model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
     model.save_pretrained(folder)
     VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)

@@ -153,3 +153,15 @@ def test_folder_processor_is_exact_under_every_backend(tmp_path: Path, block_tor
     expected = timm_transform(Image.fromarray((rng.random((131, 97, 3)) * 255).astype(np.uint8)))
     for backend, pixel_values in outputs.items():
         assert torch.equal(torch.tensor(pixel_values[0]), expected), backend
+
+
+def test_in_library_loading_finds_the_processor_for_the_default_backend(tmp_path: Path) -> None:
+    """transformers 5 asks for the torchvision backend first; ours serves every backend, registered under each, so
+    no "backend is not available" line appears where torchvision is installed."""
+    from tests.helpers import save_tiny_folder
+
+    save_tiny_folder("resnet50", tmp_path / "folder")
+    code = "import vitzoo_hf\nfrom transformers import AutoImageProcessor\nAutoImageProcessor.from_pretrained('folder')"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "backend is not available" not in run.stderr + run.stdout

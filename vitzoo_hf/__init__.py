@@ -9,6 +9,7 @@ tests read the same entries. Adding a family is its own files plus one ``registe
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
@@ -71,6 +72,17 @@ class Family:
 FAMILIES: dict[str, Family] = {}
 
 
+def register_image_processor(config: type) -> None:
+    """Our processor serves every backend (it never uses torchvision): registered under each where transformers
+    names backends (5.x), so asking for its default torchvision backend finds it instead of warning that it is not
+    available; 4.57 takes it as the slow class."""
+    if "image_processor_classes" in inspect.signature(AutoImageProcessor.register).parameters:
+        backends = {"pil": VitzooImageProcessor, "torchvision": VitzooImageProcessor}
+        AutoImageProcessor.register(config, image_processor_classes=backends, exist_ok=True)
+    else:
+        AutoImageProcessor.register(config, slow_image_processor_class=VitzooImageProcessor, exist_ok=True)
+
+
 def register_family(family: Family) -> Family:
     """Add a family to the registry and to the Auto classes of this process."""
     config = family.config
@@ -78,7 +90,7 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"Family {family.name!r} needs model_type 'vitzoo_{family.name}', not {config.model_type!r}.")
     AutoConfig.register(config.model_type, config, exist_ok=True)
     config.register_for_auto_class()
-    AutoImageProcessor.register(config, slow_image_processor_class=VitzooImageProcessor, exist_ok=True)
+    register_image_processor(config)
     for auto_class, model_class in family.auto_classes.items():
         auto_class.register(config, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)

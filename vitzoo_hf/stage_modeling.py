@@ -124,8 +124,11 @@ class StageModelMixin:
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
+        """Any input size runs directly; ``interpolate_pos_encoding`` (the token families' switch for other sizes)
+        is accepted and changes nothing, so code written for every family runs here."""
         output_hidden_states, return_dict = stage_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
@@ -165,8 +168,10 @@ class StageBackboneMixin(VitzooBackboneMixin):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
+        """``interpolate_pos_encoding`` is accepted and changes nothing, as in the base model."""
         output_hidden_states, return_dict = stage_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
