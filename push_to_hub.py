@@ -168,11 +168,16 @@ def config_problems(folder: Path, config: dict) -> list[str]:
     return problems
 
 
+def folder_problems(folder: Path, allow_extra_files: bool) -> list[str]:
+    """Missing required files first (they explain whatever else looks wrong), else the upload set's problems."""
+    missing = [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
+    return missing or upload_set_problems(folder, allow_extra_files)
+
+
 def validate(folder: Path, allow_extra_files: bool = False, hashes: dict[str, str] | None = None) -> list[str]:
     """Everything that can be checked without running the model; an empty list means publishable so far.
     ``hashes`` (file name -> SHA-256, a snapshot's) saves hashing the weights again."""
-    problems = [f"missing {name}" for name in REQUIRED if not (folder / name).is_file()]
-    problems = problems or upload_set_problems(folder, allow_extra_files)
+    problems = folder_problems(folder, allow_extra_files)
     if problems:
         return problems
     config = json.loads((folder / "config.json").read_text())
@@ -425,8 +430,7 @@ def prepare(targets: list[Target], allow_extra_files: bool, trust_code: bool) ->
            f"NOT isolated ({isolation}): only code files of a vitzoo_hf release will run")
     )  # fmt: skip
     for target in targets:  # refuse everything before uploading anything
-        problems = [f"missing {name}" for name in REQUIRED if not (target.folder / name).is_file()]
-        problems = problems or upload_set_problems(target.folder, allow_extra_files)
+        problems = folder_problems(target.folder, allow_extra_files)  # links are seen here, not in the snapshot
         if problems:
             raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
         for line in clean_stale(target.folder):
@@ -437,16 +441,18 @@ def prepare(targets: list[Target], allow_extra_files: bool, trust_code: bool) ->
         if problems:
             raise PublishError(f"{target.folder} is not publishable:\n  " + "\n  ".join(problems))
         foreign = unknown_code(snapshot.path)
+        files = (
+            f"{', '.join(foreign)} ({'is' if len(foreign) == 1 else 'are'} not byte-identical to a vitzoo_hf release's)"
+        )
         if foreign and not trust_code:
             raise PublishError(
-                f"{target.folder}: {', '.join(foreign)} differ from every vitzoo_hf release's code files, and the "
-                "smoke test would run them. Read them; if you trust them, pass --trust-code (they then run isolated)."
+                f"{target.folder}: {files}, and the smoke test would run it. Read the code; if you trust it, pass "
+                "--trust-code (it then runs isolated)."
             )
         if foreign and isolation is not None:
             raise PublishError(
-                f"{target.folder}: {', '.join(foreign)} are not a vitzoo_hf release's code and this machine cannot run "
-                f"them isolated ({isolation}); they are never run unisolated. Publish from a Linux machine that allows "
-                "user namespaces (or inside a container)."
+                f"{target.folder}: {files}, and this machine cannot run code isolated ({isolation}); such code never "
+                "runs unisolated. Publish from a Linux machine that allows user namespaces (or inside a container)."
             )
         smoke_test(snapshot.path, isolate=isolation is None)
 

@@ -570,7 +570,7 @@ def test_code_that_is_not_a_release_is_refused_unless_trusted(folder, hub, tmp_p
     files byte-identical to a vitzoo_hf release's, or what the user says they trust."""
     state, env = hub
     run = push(env, str(hostile_copy(folder, tmp_path, env)), "--repo-id", "vitzoo/hostile", "--dry-run")
-    assert run.returncode == 1 and "token_layers.py differ from every vitzoo_hf release's code files" in run.stderr
+    assert run.returncode == 1 and "token_layers.py (is not byte-identical to a vitzoo_hf release's)" in run.stderr
     assert "pass --trust-code" in run.stderr and "PAYLOAD RAN" not in run.stdout + run.stderr
     assert posts(state) == []
 
