@@ -30,6 +30,7 @@ from timm.utils import CheckpointSaver
 import push_to_hub
 from conversion import batch
 from conversion.convert_timm import ConversionError, convert
+from conversion.sandbox import unavailable_reason
 from conversion.staging import DeletionError, clean_stale, remove_tree
 from conversion.verify import untrusted_env
 from tests.helpers import perturb
@@ -579,10 +580,27 @@ def test_trusted_code_runs_isolated_from_token_processes_and_network(folder, hub
     state, env = hub
     run = push(env, str(hostile_copy(folder, tmp_path, env)), "--repo-id", "vitzoo/hostile", "--trust-code")
     output = run.stdout + run.stderr
+    reason = unavailable_reason()
+    if reason is not None:  # a machine that cannot isolate: such code never runs, and the refusal says why
+        assert run.returncode == 1 and f"this machine cannot run code isolated ({reason})" in output
+        assert "PAYLOAD RAN" not in output
+        return
     assert run.returncode == 1 and "PAYLOAD RAN" in output, output[-3000:]  # it ran, and failed the smoke test
     assert TOKEN not in output and TOKEN[::-1] not in output and "NETWORK REACHED" not in output
     assert "HF_TOKEN" not in output and "NRUT_FH" not in output  # no other process's environment was readable
     assert posts(state) == [] and not any("whoami" in path for _, path, _ in state.requests)
+
+
+def test_without_isolation_only_release_code_runs(folder, hub, tmp_path: Path) -> None:  # noqa: F811
+    """A machine that cannot isolate (here: no unshare on PATH): trusted code is refused with the reason, a folder of
+    release code is still smoke-tested, and the output says it ran unisolated."""
+    _, env = hub
+    bare = {**env, "PATH": str(tmp_path / "empty")}
+    run = push(bare, str(hostile_copy(folder, tmp_path, env)), "--repo-id", "vitzoo/hostile", "--trust-code")
+    assert run.returncode == 1 and "PAYLOAD RAN" not in run.stdout + run.stderr
+    assert "this machine cannot run code isolated (the unshare program (util-linux) is not installed)" in run.stderr
+    release = push(bare, str(folder), "--repo-id", "vitzoo/release", "--dry-run")
+    assert release.returncode == 0 and "NOT isolated (the unshare program" in release.stdout, release.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
