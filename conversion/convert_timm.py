@@ -358,9 +358,9 @@ def convert(
     architecture, tag = resolve_model_name(model_name)
     conversion = family_of(model_name, model_kwargs)
     kwargs = {**conversion.reference_kwargs(model_name), **(model_kwargs or {})}
-    with torch.device("meta"):  # the layout is refused here, before any weight is read or downloaded
-        conversion.config_from_timm(timm.create_model(model_name, pretrained=False, **kwargs))
     if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
+        with torch.device("meta"):  # the layout is refused before the download (a checkpoint's headers come first)
+            conversion.config_from_timm(timm.create_model(model_name, pretrained=False, **kwargs))
         pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
         source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
     else:
