@@ -65,6 +65,10 @@ def test_snippets_run_as_pasted(page: Path, family: str, folders) -> None:
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)) for h, w in ((45, 61), (70, 50))]
     namespace = {"folder": str(folders[family]), "images": images, "labels": torch.tensor([0, 1])}
-    for number, (families, code) in enumerate(snippets(page)):
-        if family in families:
-            exec(compile(code, f"{page.name} snippet {number}", "exec"), namespace)
+    try:
+        for number, (families, code) in enumerate(snippets(page)):
+            if family in families:
+                exec(compile(code, f"{page.name} snippet {number}", "exec"), namespace)
+    finally:  # snippets register the folder's remote-code classes with the Auto classes: give them back ours
+        for registered in list(vitzoo_hf.FAMILIES.values()):
+            vitzoo_hf.register_family(registered)
