@@ -9,6 +9,10 @@ class UnsupportedArchitecture(ValueError):
     """The timm model uses a layer or flag the target family does not implement."""
 
 
+class ConversionError(RuntimeError):
+    """A conversion that cannot produce a verified folder; the message says why and what to do."""
+
+
 def present(module: nn.Module | None) -> bool:
     return module is not None and not isinstance(module, nn.Identity)
 

@@ -27,24 +27,19 @@ from timm.data import DEFAULT_CROP_PCT, ImageNetInfo, infer_imagenet_subset, res
 from timm.models import split_model_name_tag
 
 from conversion.checkpoints import TensorSource, open_checkpoint, parse_size, write_shards
-from conversion.common import UnsupportedArchitecture
-from conversion.families import FamilyConversion, family_for
+from conversion.common import ConversionError, UnsupportedArchitecture
+from conversion.families import FamilyHooks, family_for
 from conversion.model_card import write_model_card
 from conversion.parity_record import write_parity_record
 from conversion.remote_code import sibling_closure
 from conversion.staging import DeletionError, Staging, check_replaceable, clean_stale, exit_on_termination, phase
-from conversion.verify import run_folder
+from conversion.truncation import config_overrides, depth_bound
+from conversion.verify import TOLERANCE, reference_model, verified_blocks, verify
 from vitzoo_hf import VitzooImageProcessor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TOLERANCE = 1e-4
 # PIL filter numbers of timm's interpolation names
 RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
-PARTIAL_BLOCKS = 2
-
-
-class ConversionError(RuntimeError):
-    """A conversion that cannot produce a verified folder; the message says why and what to do."""
 
 
 @dataclass
@@ -154,10 +149,10 @@ def id2label_for(model: torch.nn.Module, num_classes: int, labels: list[str] | N
     return {i: info.index_to_description(i) for i in range(num_classes)}
 
 
-def image_processor_for(model: torch.nn.Module, conversion: FamilyConversion) -> VitzooImageProcessor:
+def image_processor_for(model: torch.nn.Module, hooks: FamilyHooks) -> VitzooImageProcessor:
     """The processor that reproduces timm's eval transform for this model's pretrained config, at the size the
     model was built for (a checkpoint fine-tuned at another ``img_size`` keeps its crop rule at its own size)."""
-    data = resolve_data_config({"input_size": conversion.input_size(model)}, model=model)
+    data = resolve_data_config({"input_size": hooks.input_size(model)}, model=model)
     height, width = data["input_size"][1:]
     crop_mode = data.get("crop_mode") or "center"
     size = (
@@ -174,74 +169,6 @@ def image_processor_for(model: torch.nn.Module, conversion: FamilyConversion) ->
         image_mean=list(data["mean"]),
         image_std=list(data["std"]),
     )
-
-
-def available_memory() -> int:
-    """Bytes the kernel reports as available (MemAvailable)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def verification_bytes(num_parameters: int) -> int:
-    """timm in fp32 here, the folder in fp32 in the child, plus activations and interpreter overhead."""
-    return int(num_parameters * 4 * 2 * 1.25) + 2**30
-
-
-def _reference(
-    model_name: str,
-    source: TensorSource,
-    skeleton: torch.nn.Module,
-    conversion: FamilyConversion,
-    dtype: torch.dtype,
-    blocks: int | None,
-    kwargs: dict,
-) -> torch.nn.Module:
-    """timm holding the converted weights (rounded as saved), whole or truncated to its first ``blocks``."""
-    kwargs = {**kwargs, "num_classes": getattr(skeleton, "num_classes", 0)}
-    if blocks is not None:
-        kwargs.update(conversion.truncated_kwargs(skeleton, blocks))
-    model = timm.create_model(model_name, pretrained=False, **kwargs)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    depth_bound = [k for k, shape in shapes.items() if k in source and source.shapes[k] != shape]
-    if depth_bound:  # e.g. RoPE-Mixed's per-block frequency table
-        raise ConversionError(f"Partial verification is not possible: {depth_bound[0]} depends on the depth.")
-    model.load_state_dict({k: source.get(k).to(dtype).float() for k in shapes}, strict=True)
-    return model.eval()
-
-
-def verify(
-    folder: Path,
-    reference: torch.nn.Module,
-    conversion: FamilyConversion,
-    config,
-    with_head: bool,
-    overrides: dict | None = None,
-) -> dict[str, float]:
-    """Max abs difference per output between the folder (clean process) and timm; raises past tolerance."""
-    inputs = conversion.verification_inputs(reference)
-    pixels = {name: x for name, (x, _) in inputs.items()}
-    calls = {name: call for name, (_, call) in inputs.items()}
-    ours = run_folder(folder, pixels, with_head, overrides, scratch=folder, calls=calls)  # scratch: the staging
-    expected = {}
-    with torch.no_grad():
-        for name, x in pixels.items():
-            with conversion.reference_at(reference, name):
-                features = reference.forward_features(x)
-                expected[f"{name}.last_hidden_state"] = features
-                if config.global_pool:
-                    expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
-                if with_head:
-                    expected[f"{name}.logits"] = reference.forward_head(features)
-    if set(ours) != set(expected):
-        raise ConversionError(f"Outputs differ in kind: folder gave {sorted(ours)}, timm {sorted(expected)}.")
-    parity = {}
-    for key, value in expected.items():
-        parity[key] = float((ours[key] - value).abs().max())
-        if not torch.allclose(ours[key], value, atol=TOLERANCE, rtol=TOLERANCE):
-            raise ConversionError(f"Parity check failed for {key}: max abs diff {parity[key]:.3e} > {TOLERANCE}.")
-    return parity
 
 
 def _checked(key: str, source: TensorSource, dtype: torch.dtype) -> torch.Tensor:
@@ -292,7 +219,7 @@ def check_destination(output_dir: Path, overwrite: bool) -> None:
             raise ConversionError(str(error)) from error
 
 
-def family_of(model_name: str, kwargs: dict | None = None) -> FamilyConversion:
+def family_of(model_name: str, kwargs: dict | None = None) -> FamilyHooks:
     """The family of a timm name, from its class built bare on the meta device, before any weight is read."""
     with torch.device("meta"):
         bare = timm.create_model(model_name, pretrained=False, **(kwargs or {}))
@@ -302,35 +229,85 @@ def family_of(model_name: str, kwargs: dict | None = None) -> FamilyConversion:
         raise ConversionError(str(error)) from error
 
 
+def skeleton(model_name: str, hooks: FamilyHooks, kwargs: dict, blocks: int | None = None) -> torch.nn.Module:
+    """The architecture on the meta device (no memory), cut to its first ``blocks`` per group if given."""
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+    return hooks.truncate(model, blocks) if blocks is not None else model
+
+
+def check_mapping(hooks: FamilyHooks, config, shapes: dict[str, tuple], with_head: bool) -> dict[str, str]:
+    """timm key -> our key for a timm state dict of these ``shapes``; every key must land on our model with its
+    shape (else the mapping or the config is wrong: said with examples)."""
+    model_class = hooks.family.classifier if with_head else hooks.family.model
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    names = {k: hooks.convert_key(k, with_head) for k in shapes}
+    names = {k: v for k, v in names.items() if v is not None}
+    produced = {v: tuple(shapes[k]) for k, v in names.items()}
+    if produced != target:
+        missing, extra = sorted(set(target) - set(produced)), sorted(set(produced) - set(target))
+        wrong = sorted(k for k in set(target) & set(produced) if target[k] != produced[k])
+        raise ConversionError(
+            f"Key mapping bug: missing {missing[:10]}, extra {extra[:10]}, shapes differ for {wrong[:10]}."
+        )
+    return names
+
+
 def _write_folder(
     staging: Path,
-    conversion: FamilyConversion,
+    hooks: FamilyHooks,
     config,
     source: TensorSource,
-    skeleton: torch.nn.Module,
+    model: torch.nn.Module,
     dtype: torch.dtype,
     max_shard_size: str,
 ) -> None:
     """Weights (streamed), config, code files and image processor; every key must land on our model."""
     with_head = config.num_labels > 0
-    model_class = conversion.classifier if with_head else conversion.model
-    with torch.device("meta"):
-        target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
-    names = {k: conversion.convert_key(k, with_head) for k in skeleton.state_dict()}
-    names = {k: v for k, v in names.items() if v is not None}
-    produced = {v: source.shapes[k] for k, v in names.items()}
-    if produced != target:
-        missing, extra = sorted(set(target) - set(produced)), sorted(set(produced) - set(target))
-        raise ConversionError(f"Key mapping bug: missing {missing[:10]}, extra {extra[:10]} (shapes may differ too).")
+    names = check_mapping(hooks, config, source.shapes, with_head)
     write_shards(staging, ((v, _checked(k, source, dtype)) for k, v in names.items()), max_shard_size)
-    config.architectures = [model_class.__name__]
+    config.architectures = [(hooks.family.classifier if with_head else hooks.family.model).__name__]
     config.dtype = dtype
     config.save_pretrained(staging)
-    family = conversion.family
+    family = hooks.family
     classes = (family.config, family.model, family.classifier, family.backbone, VitzooImageProcessor)
     for path in sibling_closure([Path(sys.modules[c.__module__].__file__) for c in classes]):
         shutil.copyfile(path, staging / path.name)
-    image_processor_for(skeleton, conversion).save_pretrained(staging)
+    image_processor_for(model, hooks).save_pretrained(staging)
+
+
+def open_source(model_name: str, checkpoint: Path | None, hooks: FamilyHooks, kwargs: dict) -> TensorSource:
+    """The weights: a checkpoint opened lazily (headers only), or timm's pretrained weights, held in memory once by
+    timm itself after the layout is accepted (a checkpoint's headers come first; a download comes last)."""
+    if checkpoint is not None:
+        return open_checkpoint(checkpoint)
+    hooks.config_from_timm(skeleton(model_name, hooks, kwargs))
+    pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
+    return TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
+
+
+def with_step_counters(source: TensorSource, model: torch.nn.Module) -> TensorSource:
+    """torch and timm load BatchNorm without its step counter (older checkpoints lack it): so do we."""
+    counters = [
+        k
+        for k in model.state_dict()
+        if k.endswith(".num_batches_tracked")
+        and k not in source
+        and k.replace("num_batches_tracked", "running_mean") in source
+    ]
+    return source.with_defaults({k: torch.tensor(0) for k in counters})
+
+
+def partial_overrides(hooks: FamilyHooks, model: torch.nn.Module, cut: torch.nn.Module, with_head: bool) -> dict:
+    """The config fields that rebuild a truncated copy (``cut``) from the whole model's folder; refused where a
+    weight's shape depends on the depth (RoPE-Mixed's per-block frequency table): the copy could not load it."""
+    bound = depth_bound(model, cut)
+    if bound:
+        raise ConversionError(f"Partial verification is not possible: {bound[0]} depends on the depth.")
+    config = hooks.config_from_timm(cut)
+    check_mapping(hooks, config, {k: tuple(v.shape) for k, v in cut.state_dict().items()}, with_head)
+    return config_overrides(hooks.config_from_timm(model), config)
 
 
 def convert(
@@ -343,10 +320,12 @@ def convert(
     max_shard_size: str = "2GB",
     memory_budget: int | None = None,
     model_kwargs: dict | None = None,
+    blocks: int | None = None,
 ) -> ConversionResult:
     """Python API of the command. ``memory_budget`` (bytes, default: what the kernel reports available)
     decides whether the whole model can be verified or only its first blocks; ``model_kwargs`` are extra timm
-    constructor arguments for the architecture (e.g. a reduced depth for a checkpoint trained that way)."""
+    constructor arguments for the architecture, ``blocks`` keeps only the first blocks of each block group of the
+    built model (a checkpoint trained shallower; the sweep's fast runs)."""
     output_dir = Path(output_dir)
     for line in clean_stale(output_dir):
         print(line)
@@ -356,45 +335,27 @@ def convert(
     parse_size(max_shard_size)
     label_names = read_labels(Path(labels)) if labels is not None else None
     architecture, tag = resolve_model_name(model_name)
-    conversion = family_of(model_name, model_kwargs)
-    kwargs = {**conversion.reference_kwargs(model_name), **(model_kwargs or {})}
-    if checkpoint is None:  # timm's pretrained weights, held in memory once by timm itself
-        with torch.device("meta"):  # the layout is refused before the download (a checkpoint's headers come first)
-            conversion.config_from_timm(timm.create_model(model_name, pretrained=False, **kwargs))
-        pretrained = timm.create_model(model_name, pretrained=True, **kwargs).eval()
-        source = TensorSource.from_state_dict(pretrained.state_dict(), f"timm's pretrained {model_name}")
-    else:
-        source = open_checkpoint(checkpoint)
-    classifier = conversion.CLASSIFIER_WEIGHT
-    num_classes = source.shapes[classifier][0] if classifier in source else 0
-    with torch.device("meta"):
-        skeleton = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
-    # torch and timm load BatchNorm without its step counter (older checkpoints lack it): so do we
-    counters = [
-        k
-        for k in skeleton.state_dict()
-        if k.endswith(".num_batches_tracked")
-        and k not in source
-        and k.replace("num_batches_tracked", "running_mean") in source
-    ]
-    source = source.with_defaults({k: torch.tensor(0) for k in counters})
-    check_source_fits(source, skeleton, model_name)
-    config = conversion.config_from_timm(skeleton)
-    id2label = id2label_for(skeleton, num_classes, label_names)
+    hooks = family_of(model_name, model_kwargs)
+    kwargs = {**hooks.reference_kwargs(model_name), **(model_kwargs or {})}
+    source = open_source(model_name, checkpoint, hooks, kwargs)
+    classifier = hooks.classifier_key(skeleton(model_name, hooks, kwargs))
+    kwargs["num_classes"] = source.shapes[classifier][0] if classifier in source else 0
+    model = skeleton(model_name, hooks, kwargs, blocks)
+    source = with_step_counters(source, model)
+    check_source_fits(source, model, model_name)
+    config = hooks.config_from_timm(model)
+    id2label = id2label_for(model, kwargs["num_classes"], label_names)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
     config.timm_version = timm.__version__
-    num_parameters = sum(p.numel() for p in skeleton.parameters())
-    budget = available_memory() if memory_budget is None else memory_budget
-    needed = verification_bytes(num_parameters)
-    depth = conversion.num_blocks(skeleton)
-    blocks = None if needed <= budget else min(PARTIAL_BLOCKS, depth)
-    if blocks is not None:
-        print(
-            f"{model_name} needs ~{needed / 2**30:.1f} GiB to verify whole, {budget / 2**30:.1f} GiB available: "
-            f"verifying with its first {blocks} of {depth} blocks."
-        )
+    num_parameters = sum(p.numel() for p in model.parameters())
+    depth = hooks.num_blocks(model)
+    partial = verified_blocks(model_name, num_parameters, depth, memory_budget)
+    overrides = None
+    if partial is not None:
+        cut = hooks.truncate(skeleton(model_name, hooks, kwargs, blocks), partial)
+        overrides = partial_overrides(hooks, model, cut, kwargs["num_classes"] > 0)
 
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -406,12 +367,12 @@ def convert(
     try:
         print(f"writing {model_name} ({num_parameters:,} parameters) to {output_dir}", flush=True)
         phase("write")
-        _write_folder(staging.path, conversion, config, source, skeleton, DTYPES[dtype], max_shard_size)
+        _write_folder(staging.path, hooks, config, source, model, DTYPES[dtype], max_shard_size)
         print("verifying in a clean process", flush=True)
         phase("verify")
-        reference = _reference(model_name, source, skeleton, conversion, DTYPES[dtype], blocks, kwargs)
-        overrides = None if blocks is None else conversion.truncated_overrides(config, blocks)
-        parity = verify(staging.path, reference, conversion, config, num_classes > 0, overrides)
+        cut_to = blocks if partial is None else min(partial, blocks or partial)
+        reference = reference_model(model_name, source, hooks, DTYPES[dtype], cut_to, kwargs)
+        parity = verify(staging.path, reference, hooks, bool(config.global_pool), kwargs["num_classes"] > 0, overrides)
         del reference
         record = write_parity_record(
             staging.path,
@@ -421,11 +382,11 @@ def convert(
                 "reference": f"timm {timm.__version__}",
                 "timm_model": model_name,
                 "checkpoint": checkpoint_identity(checkpoint),
-                "verified_blocks": "all" if blocks is None else f"first {blocks} of {depth}",
+                "verified_blocks": "all" if partial is None else f"first {partial} of {depth}",
             },
         )
         saved = json.loads((staging.path / "config.json").read_text())
-        write_model_card(staging.path, saved, record, skeleton.pretrained_cfg, num_parameters, checkpoint)
+        write_model_card(staging.path, saved, record, model.pretrained_cfg, num_parameters, checkpoint, hooks.size_rule)
         for note in staging.move_into_place(overwrite):
             print(note)
     except DeletionError as error:  # the new folder is in place; what is left of the old one is said
@@ -443,7 +404,7 @@ def convert(
     except BaseException:
         staging.discard()
         raise
-    return ConversionResult(output_dir, num_parameters, parity, blocks)
+    return ConversionResult(output_dir, num_parameters, parity, partial)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,26 +9,11 @@ from __future__ import annotations
 from timm.models import split_model_name_tag
 from torch import nn
 
-from conversion import token_families
 from conversion.common import UnsupportedArchitecture, activation_name, head_fields, present
-from conversion.token_families import (  # noqa: F401  (hooks this family takes as they are)
-    CLASSIFIER_WEIGHT,
-    check_attn_pool,
-    encoder_fields,
-    input_size,
-    num_blocks,
-    reference_at,
-    token_key,
-    truncated_kwargs,
-    truncated_overrides,
-    verification_inputs,
-)
-from vitzoo_hf import VitzooEvaConfig, VitzooEvaModel
+from conversion.token_families import TokenHooks, check_attn_pool, encoder_fields
+from vitzoo_hf import VitzooEvaConfig
 
 TIMM_CLASSES = ("Eva",)
-TIMM_MODULES = ("eva",)
-# timm's EvaBlock stores LayerScale as bare gamma_1/gamma_2 parameters; ours are ls1.gamma/ls2.gamma.
-RENAMES = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
 
 
 def _attention_fields(model: nn.Module) -> dict:
@@ -100,49 +85,125 @@ def _rope_fields(rope: nn.Module | None) -> dict:
     raise UnsupportedArchitecture(f"rotary embedding {name} is not supported (cat, dinov3 and mixed are).")
 
 
-def config_from_timm(model: nn.Module, **overrides) -> VitzooEvaConfig:
-    """Read a ``VitzooEvaConfig`` off a timm ``Eva`` model; ``overrides`` set config fields."""
-    if type(model).__name__ not in TIMM_CLASSES:
-        raise UnsupportedArchitecture(f"{type(model).__name__} is not a timm Eva; the eva family cannot hold it.")
-    fields = encoder_fields(model, ("EvaBlock", "EvaBlockPostNorm"))
-    block = model.blocks[0]
-    block_name = type(block).__name__
-    pool = model.attn_pool
-    if pool is not None:
-        check_attn_pool(pool)
-    gamma_1, gamma_2 = getattr(block, "gamma_1", None), getattr(block, "gamma_2", None)
-    fields.update(
-        **_attention_fields(model),
-        layer_scale_init_value=float(block.init_values) if gamma_1 is not None else None,
-        attn_only_layer_scale=gamma_1 is not None and gamma_2 is None,
-        post_norm=block_name == "EvaBlockPostNorm",
-        class_token=model.cls_token is not None,
-        num_register_tokens=model.reg_token.shape[1] if model.reg_token is not None else 0,
-        use_pos_embed=model.pos_embed is not None,
-        no_embed_class=model.no_embed_class,
-        pre_norm=present(model.norm_pre),
-        final_norm=present(model.norm),
-        fc_norm=present(model.fc_norm),
-        global_pool=model.global_pool,
-        attn_pool_num_heads=pool.num_heads if pool is not None else None,
-        attn_pool_intermediate_size=pool.mlp.fc1.out_features if pool is not None else None,
-        **_rope_fields(model.rope),
-        **head_fields(model.head),
-    )
-    if pool is not None and activation_name(pool.mlp.act) != "gelu":
-        raise UnsupportedArchitecture("Eva attention pools are built with GELU; this one is not.")
-    fields.update(overrides)
-    return VitzooEvaConfig(**fields)
+class EvaHooks(TokenHooks):
+    timm_classes = TIMM_CLASSES
+    timm_modules = ("eva",)
+    # timm's EvaBlock stores LayerScale as bare gamma_1/gamma_2 parameters; ours are ls1.gamma/ls2.gamma.
+    renames = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
+    # RoPE needs head_dim % 4 == 0 with room for several bands: 64 wide, 4 heads.
+    tiny = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=7)
+    # Each is a real timm Eva entrypoint (so its flags are timm's own), shrunk by ``tiny`` and the overrides.
+    variants = {
+        "dinov3": ("vit_small_patch16_dinov3", {"global_pool": "token"}),
+        "dinov3_qkvb": ("vit_small_patch16_dinov3_qkvb", {"global_pool": "token"}),
+        "dinov3_plus_swiglu_aligned": ("vit_small_plus_patch16_dinov3", {"global_pool": "token", "mlp_ratio": 2.7}),
+        "dinov3_7b_style": ("vit_7b_patch16_dinov3", {"global_pool": "token"}),
+        "eva02_mim": ("eva02_base_patch14_224", {"ref_feat_shape": (2, 2), "patch_size": 8}),
+        "eva02_clip_scale_attn": ("eva02_base_patch16_clip_224", {"ref_feat_shape": (3, 3)}),
+        "eva02_enormous_post_norm": ("eva02_enormous_patch14_clip_224", {"patch_size": 8}),
+        "eva_giant_abs_pos": ("eva_giant_patch14_224", {"patch_size": 8}),
+        "rope_mixed": ("vit_small_patch16_rope_mixed_224", {}),
+        "rope_ape_xy": ("vit_small_patch16_rope_ape_224", {}),
+        "rope_reg_gap": ("vit_base_patch16_rope_reg1_gap_256", {"ref_feat_shape": (2, 2)}),
+        "pe_core_map": ("vit_pe_core_base_patch16_224", {"ref_feat_shape": (2, 2), "attn_pool_num_heads": 8}),
+        "pe_spatial_no_final_norm": (
+            "vit_pe_spatial_base_patch16_512",
+            {"ref_feat_shape": (3, 3), "num_classes": 0},
+        ),
+        "sapiens2_gqa_rms": ("vit_base_patch16_sapiens2", {"num_kv_heads": (4, 2), "global_pool": "token"}),
+        "lingbot": ("vit_base_patch16_lingbot", {}),
+    }
+    showcase = ("dinov3", "rope_mixed")
+    suite_configs = [
+        # DINOv3-style: RoPE over centered coordinates, registers, LayerScale, bias-free fused qkv
+        dict(
+            num_register_tokens=4,
+            layer_scale_init_value=1e-5,
+            qkv_bias=False,
+            rope_type="dinov3",
+            rope_temperature=100.0,
+            rope_rotate_half=True,
+            use_pos_embed=False,
+        ),
+        # EVA02-style: separate q/k/v (no key bias), SwiGLU with MLP norm, attention-out norm, EVA RoPE
+        dict(
+            qkv_fused=False,
+            mlp_type="swiglu",
+            hidden_act="silu",
+            scale_mlp_norm=True,
+            scale_attn_norm=True,
+            rope_type="cat",
+            rope_ref_grid=[2, 2],
+            global_pool="avg",
+            final_norm=False,
+            fc_norm=True,
+        ),
+        # Sapiens2-style: grouped-query attention per block, QK norm, RMSNorm, attention-only LayerScale
+        dict(
+            attention_type="rope",
+            qkv_fused=False,
+            num_key_value_heads=[4, 2],
+            qk_norm=True,
+            norm_type="rmsnorm",
+            layer_scale_init_value=1.0,
+            attn_only_layer_scale=True,
+            rope_type="dinov3",
+            rope_rotate_half=True,
+            num_register_tokens=2,
+        ),
+        # RoPE-Mixed (learned frequencies per block and head), a MAP attention-pool head, post-norm blocks
+        dict(attention_type="rope", rope_type="mixed", rope_temperature=10.0, global_pool="map", post_norm=True),
+    ]
+
+    def truncate(self, model: nn.Module, blocks: int) -> nn.Module:
+        """RoPE-Mixed learns frequencies per block, in a table beside the blocks: cut with them."""
+        super().truncate(model, blocks)
+        if type(model.rope).__name__ == "RotaryEmbeddingMixed":
+            model.rope.freqs = nn.Parameter(model.rope.freqs[:, :blocks], model.rope.freqs.requires_grad)
+            model.rope.depth = blocks
+        return model
+
+    def reference_kwargs(self, model_name: str) -> dict:
+        """DINOv3's pooled output is the CLS token, as upstream DINOv3 and transformers' DINOv3ViTModel give it
+        (timm defaults to avg)."""
+        kwargs = super().reference_kwargs(model_name)
+        if "dinov3" in split_model_name_tag(model_name)[0]:
+            kwargs["global_pool"] = "token"
+        return kwargs
+
+    def config_from_timm(self, model: nn.Module, **overrides) -> VitzooEvaConfig:
+        """Read a ``VitzooEvaConfig`` off a timm ``Eva`` model; ``overrides`` set config fields."""
+        if type(model).__name__ not in TIMM_CLASSES:
+            raise UnsupportedArchitecture(f"{type(model).__name__} is not a timm Eva; the eva family cannot hold it.")
+        fields = encoder_fields(model, ("EvaBlock", "EvaBlockPostNorm"))
+        block = model.blocks[0]
+        block_name = type(block).__name__
+        pool = model.attn_pool
+        if pool is not None:
+            check_attn_pool(pool)
+        gamma_1, gamma_2 = getattr(block, "gamma_1", None), getattr(block, "gamma_2", None)
+        fields.update(
+            **_attention_fields(model),
+            layer_scale_init_value=float(block.init_values) if gamma_1 is not None else None,
+            attn_only_layer_scale=gamma_1 is not None and gamma_2 is None,
+            post_norm=block_name == "EvaBlockPostNorm",
+            class_token=model.cls_token is not None,
+            num_register_tokens=model.reg_token.shape[1] if model.reg_token is not None else 0,
+            use_pos_embed=model.pos_embed is not None,
+            no_embed_class=model.no_embed_class,
+            pre_norm=present(model.norm_pre),
+            final_norm=present(model.norm),
+            fc_norm=present(model.fc_norm),
+            global_pool=model.global_pool,
+            attn_pool_num_heads=pool.num_heads if pool is not None else None,
+            attn_pool_intermediate_size=pool.mlp.fc1.out_features if pool is not None else None,
+            **_rope_fields(model.rope),
+            **head_fields(model.head),
+        )
+        if pool is not None and activation_name(pool.mlp.act) != "gelu":
+            raise UnsupportedArchitecture("Eva attention pools are built with GELU; this one is not.")
+        fields.update(overrides)
+        return VitzooEvaConfig(**fields)
 
 
-def reference_kwargs(model_name: str) -> dict:
-    """DINOv3's pooled output is the CLS token, as upstream DINOv3 and transformers' DINOv3ViTModel give it
-    (timm defaults to avg)."""
-    kwargs = token_families.reference_kwargs(model_name)
-    if "dinov3" in split_model_name_tag(model_name)[0]:
-        kwargs["global_pool"] = "token"
-    return kwargs
-
-
-def convert_key(key: str, with_head: bool = True) -> str | None:
-    return token_key(key, VitzooEvaModel.base_model_prefix, with_head, RENAMES)
+HOOKS = EvaHooks

@@ -21,8 +21,10 @@ def write_model_card(
     pretrained_cfg: dict,
     num_parameters: int,
     checkpoint: Path | None,
+    size_rule: str,
 ) -> None:
-    """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures."""
+    """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures;
+    ``size_rule`` is the family's declared rule for other input sizes (``conversion.families.SIZE_RULES``)."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
@@ -43,7 +45,7 @@ def write_model_card(
     else:
         scope_note = ""
     # Token families resample their position embedding for other sizes (an "interpolated" input); CNNs need nothing.
-    tokens = any(key.startswith("interpolated.") for key in record["max_abs_diff"])
+    tokens = size_rule == "interpolate_pos_encoding"
     other_sizes = (
         "Other sizes: `model(pixel_values, interpolate_pos_encoding=True)` resamples the position embedding exactly "
         "as\ntimm does."
@@ -55,6 +57,8 @@ def write_model_card(
         if tokens
         else '"resized" is a second\ninput size'
     )
+    if any(key.startswith("eager.") for key in record["max_abs_diff"]):
+        second_input += '; "eager" runs the native size on the eager attention path'
     source = f"the local checkpoint `{checkpoint.name}`" if checkpoint else f"timm's pretrained weights for `{name}`"
     auto_class = "AutoModelForImageClassification" if with_head else "AutoModel"
     fine_tune = (

@@ -1,45 +1,60 @@
-"""Conversion hooks the stage families (convnext, resnet, ...) share: input size, verification inputs, reference.
+"""Conversion hooks the stage families (convnext, resnet, ...) share: verification inputs, the classifier, pools.
 
-A stage family's hook module re-exports the hooks it takes from here unchanged and writes the rest (which
-classes, config from timm, keys, truncation); see ``conversion/families.py``.
+A stage family's hooks derive from :class:`StageHooks` (or, where its stages compute attention, from
+:class:`AttentionStageHooks`) and write what differs: which classes, config from timm, keys, block groups; see
+``conversion/families.py``.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 
+from conversion.common import UnsupportedArchitecture
+from conversion.families import FamilyHooks
+from vitzoo_hf.stage_config import STAGE_POOLS
 
-def reference_kwargs(model_name: str) -> dict:
-    """A CNN runs at any size timm accepts as it is: no constructor flag needed."""
-    return {}
-
-
-def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The pretrained input size timm's config names for the model."""
-    channels, height, width = model.pretrained_cfg["input_size"]
-    return int(channels), int(height), int(width)
+POOLS = (*STAGE_POOLS, "")  # timm's global_pool names a stage family holds; "": no pooling
 
 
-def verification_inputs(reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
-    """The native size and another one, a whole number of the final stride away (any size such a model
-    accepts; no call flag)."""
-    channels, height, width = input_size(reference)
-    stride = reference.feature_info[-1]["reduction"]
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "native": (torch.randn(2, channels, height, width, generator=generator), {}),
-        "resized": (
-            torch.randn(2, channels, height + 2 * stride, max(width - stride, stride), generator=generator),
-            {},
-        ),
-    }
+def pool_type(pool: nn.Module) -> str:
+    """timm's ``SelectAdaptivePool2d`` type, refused by name where our map pooling has no twin."""
+    kind = pool.pool_type
+    if kind not in POOLS:
+        raise UnsupportedArchitecture(f"global pool {kind!r} is not supported ({', '.join(map(repr, POOLS))} are).")
+    return kind
 
 
-def reference_at(reference: nn.Module, input_name: str) -> nullcontext:
-    return nullcontext()
+class StageHooks(FamilyHooks):
+    """A family of timm CNNs: a stem then stages of maps, at any size timm accepts with no constructor flag."""
+
+    size_rule = "any"
+
+    def size_step(self, reference: nn.Module) -> int:
+        """Sizes the model takes differ by multiples of this: its final stride."""
+        return reference.feature_info[-1]["reduction"]
+
+    def verification_inputs(self, reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
+        """The native size and another one, a whole number of ``size_step`` away (no call flag)."""
+        channels, height, width = self.input_size(reference)
+        step = self.size_step(reference)
+        generator = torch.Generator().manual_seed(0)
+        return {
+            "native": (torch.randn(2, channels, height, width, generator=generator), {}),
+            "resized": (
+                torch.randn(2, channels, height + 2 * step, max(width - step, step), generator=generator),
+                {},
+            ),
+        }
 
 
-__all__ = ["input_size", "reference_at", "reference_kwargs", "verification_inputs"]
+class AttentionStageHooks(StageHooks):
+    """Stages that compute attention (hybrids, window attention): besides the stage inputs, the native size runs
+    once more with ``output_attentions=True``, which takes the eager path, so both attention paths meet timm."""
+
+    attention = True
+
+    def verification_inputs(self, reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
+        inputs = super().verification_inputs(reference)
+        pixels, _ = inputs["native"]
+        return {**inputs, "eager": (pixels.flip(0), {"output_attentions": True})}

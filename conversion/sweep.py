@@ -3,9 +3,10 @@
     python -m conversion.sweep [--depth 2] [--family NAME] [--filter SUBSTRING] [--workers 2] [--json FILE]
 
 Each tag is built with ``pretrained=False`` and its own pretrained config (input size, classes, mean/std),
-at a reduced depth (the family's truncation hook; every other argument intact), perturbed, saved as a
-checkpoint and run through the real converter, including its clean-process verification. Prints
-``N/M converted with parity`` and each failure with its reason.
+cut to its first blocks per group (the family's ``truncate``, on the built model: every constructor and
+builder argument intact), given random weights, saved as a checkpoint and run through the real converter (with the
+same cut), including its clean-process verification. Prints ``N/M converted with parity`` and each failure with
+its reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 from conversion.convert_timm import convert, family_of
 from conversion.families import conversions
 from conversion.staging import exit_on_termination
+from conversion.truncation import build_empty, materialize
 from conversion.verify import die_with_parent
 
 
@@ -33,7 +35,7 @@ def supported_tags(substring: str | None = None, family: str | None = None) -> l
     known = conversions()
     if family is not None and family not in {c.name for c in known}:
         raise SystemExit(f"Unknown family {family!r}; registered: {', '.join(c.name for c in known)}.")
-    modules = sorted({m for c in known if family in (None, c.name) for m in c.TIMM_MODULES})
+    modules = sorted({m for c in known if family in (None, c.name) for m in c.timm_modules})
     tags = sorted(timm.list_models(module=modules, pretrained=True))
     return [t for t in tags if substring is None or substring in t]
 
@@ -41,12 +43,10 @@ def supported_tags(substring: str | None = None, family: str | None = None) -> l
 def sweep_one(tag: str, depth: int) -> tuple[str, bool, str, float]:
     start = time.perf_counter()
     try:
-        conversion = family_of(tag)
-        reference_kwargs = conversion.reference_kwargs(tag)
-        with torch.device("meta"):
-            full = timm.create_model(tag, pretrained=False, **reference_kwargs)
-        kwargs = conversion.truncated_kwargs(full, min(depth, conversion.num_blocks(full)))
-        model = timm.create_model(tag, pretrained=False, **reference_kwargs, **kwargs)
+        hooks = family_of(tag)
+        model = build_empty(tag, **hooks.reference_kwargs(tag))
+        blocks = min(depth, hooks.num_blocks(model))
+        model = materialize(hooks.truncate(model, blocks))
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for tensor in model.state_dict(keep_vars=True).values():
@@ -56,7 +56,7 @@ def sweep_one(tag: str, depth: int) -> tuple[str, bool, str, float]:
             checkpoint = Path(tmp) / "checkpoint.safetensors"
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
             del model
-            result = convert(tag, Path(tmp) / "out", checkpoint=checkpoint, model_kwargs=kwargs)
+            result = convert(tag, Path(tmp) / "out", checkpoint=checkpoint, blocks=blocks)
         return tag, True, f"max abs diff {max(result.parity.values()):.1e}", time.perf_counter() - start
     except Exception as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]

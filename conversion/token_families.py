@@ -1,20 +1,20 @@
 """Conversion hooks the token families (vit, eva) share: reading a timm transformer, keys, verification inputs.
 
-A token family's hook module (``conversion/vit.py``...) re-exports the hooks it takes from here unchanged and
-writes the rest (which classes, config from timm, key renames); see ``conversion/families.py``.
+A token family's hooks (``conversion/vit.py``...) derive from :class:`TokenHooks` and write what differs (which
+classes, config from timm, key renames); see ``conversion/families.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from conversion.common import UnsupportedArchitecture, activation_name, norm_spec, present, square_or_pair
-
-CLASSIFIER_WEIGHT = "head.weight"
+from conversion.families import FamilyHooks
 
 
 def mlp_spec(mlp: nn.Module) -> dict:
@@ -102,59 +102,52 @@ def token_key(key: str, prefix: str, with_head: bool, renames: dict[str, str] | 
     return f"{prefix}.{key}" if with_head else key
 
 
-def reference_kwargs(model_name: str) -> dict:
-    """dynamic_img_size lets the model serve as the reference at any size."""
-    return {"dynamic_img_size": True}
+class TokenHooks(FamilyHooks):
+    """A family of timm transformers over one token sequence: ``model.blocks``, a ``patch_embed``, other sizes
+    through position-embedding interpolation (timm's ``dynamic_img_size``). A family sets ``renames``
+    (key suffix renames, e.g. EVA's bare LayerScale names) if timm's names differ from ours."""
 
+    size_rule = "interpolate_pos_encoding"
+    attention = True
+    renames: ClassVar[dict[str, str]] = {}
 
-def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The size the model was built for (a checkpoint fine-tuned at another ``img_size`` keeps its own)."""
-    embed = model.patch_embed
-    return embed.proj.in_channels, *embed.img_size
+    def convert_key(self, key: str, with_head: bool = True) -> str | None:
+        return token_key(key, self.family.model.base_model_prefix, with_head, self.renames)
 
+    def block_groups(self, model: nn.Module) -> list[nn.Sequential | nn.ModuleList]:
+        return [model.blocks]
 
-def verification_inputs(reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
-    """The native size, and another one with whole patches (a native size such as 384 at patch 14 leaves a
-    remainder that only it may have), run with ``interpolate_pos_encoding=True``."""
-    ph, pw = reference.patch_embed.patch_size
-    channels, height, width = input_size(reference)
-    generator = torch.Generator().manual_seed(0)
-    other = (height // ph + 2) * ph, (width // pw - 1) * pw
-    return {
-        "native": (torch.randn(2, channels, height, width, generator=generator), {}),
-        "interpolated": (torch.randn(2, channels, *other, generator=generator), {"interpolate_pos_encoding": True}),
-    }
+    def reference_kwargs(self, model_name: str) -> dict:
+        """dynamic_img_size lets the model serve as the reference at any size."""
+        return {"dynamic_img_size": True}
 
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        """The size the model was built for (a checkpoint fine-tuned at another ``img_size`` keeps its own)."""
+        embed = model.patch_embed
+        return embed.proj.in_channels, *embed.img_size
 
-@contextmanager
-def reference_at(reference: nn.Module, input_name: str) -> Iterator[None]:
-    """At the native size timm runs as pretrained, fixed-size: its conv drops a pixel remainder (so400m/14 at
-    384) that its dynamic-size mode would refuse."""
-    strict = reference.patch_embed.strict_img_size
-    reference.patch_embed.strict_img_size = strict or input_name == "native"
-    try:
-        yield
-    finally:
-        reference.patch_embed.strict_img_size = strict
+    def verification_inputs(self, reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
+        """The native size, and another one with whole patches (a native size such as 384 at patch 14 leaves a
+        remainder that only it may have), run with ``interpolate_pos_encoding=True``."""
+        ph, pw = reference.patch_embed.patch_size
+        channels, height, width = self.input_size(reference)
+        generator = torch.Generator().manual_seed(0)
+        other = (height // ph + 2) * ph, (width // pw - 1) * pw
+        return {
+            "native": (torch.randn(2, channels, height, width, generator=generator), {}),
+            "interpolated": (
+                torch.randn(2, channels, *other, generator=generator),
+                {"interpolate_pos_encoding": True},
+            ),
+        }
 
-
-def num_blocks(model: nn.Module) -> int:
-    return len(model.blocks)
-
-
-def truncated_kwargs(model: nn.Module, blocks: int) -> dict:
-    """timm constructor arguments for a copy with only the first ``blocks`` blocks (per-block ones cut)."""
-    kwargs = {"depth": blocks}
-    # getattr twice: blocks timm builds without an ``attn`` (parallel blocks) are refused later, by name.
-    kv_heads = [getattr(getattr(b, "attn", None), "num_kv_heads", None) for b in model.blocks[:blocks]]
-    if any(h is not None for h in kv_heads):  # per-block values (Sapiens2) must be cut to the new depth too
-        kwargs["num_kv_heads"] = tuple(kv_heads)
-    return kwargs
-
-
-def truncated_overrides(config, blocks: int) -> dict:
-    """Config fields of our side of a truncated copy."""
-    overrides = {"num_hidden_layers": blocks}
-    if isinstance(getattr(config, "num_key_value_heads", None), list):
-        overrides["num_key_value_heads"] = config.num_key_value_heads[:blocks]
-    return overrides
+    @contextmanager
+    def reference_at(self, reference: nn.Module, input_name: str) -> Iterator[None]:
+        """At the native size timm runs as pretrained, fixed-size: its conv drops a pixel remainder (so400m/14 at
+        384) that its dynamic-size mode would refuse."""
+        strict = reference.patch_embed.strict_img_size
+        reference.patch_embed.strict_img_size = strict or input_name == "native"
+        try:
+            yield
+        finally:
+            reference.patch_embed.strict_img_size = strict

@@ -1,7 +1,10 @@
-"""Load a converted folder the way a user would, in a clean process, and return its outputs.
+"""Verification: a converted folder, loaded the way a user would in a clean process, against timm.
 
-The child process blocks ``vitzoo_hf`` and ``timm`` imports, so only the folder's remote code (torch +
-transformers) can answer. Inputs and outputs travel as safetensors files.
+``verify`` compares every output of the folder with timm's reference (``reference_model``: timm holding the
+converted weights, whole or cut to its first blocks where memory does not allow the whole, see
+``verified_blocks``), within ``TOLERANCE``. ``run_folder`` is the clean process: its child blocks ``vitzoo_hf`` and
+``timm`` imports, so only the folder's remote code (torch + transformers) can answer; inputs and outputs travel as
+safetensors files.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from conversion.common import ConversionError
+from conversion.families import FamilyHooks
 from conversion.sandbox import sandboxed
+from conversion.truncation import build_empty, meta_tensors
+
+TOLERANCE = 1e-4
+PARTIAL_BLOCKS = 2
 
 # Runs in the child: block our package and timm, load through the Auto classes, write outputs.
 CHILD = r"""
@@ -123,3 +132,80 @@ def run_folder(
         if result.returncode:
             raise RuntimeError(f"Loading {folder} as remote code failed:\n{result.stderr[-4000:]}")
         return load_file(str(outputs_path))
+
+
+def available_memory() -> int:
+    """Bytes the kernel reports as available (MemAvailable)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def verification_bytes(num_parameters: int) -> int:
+    """timm in fp32 here, the folder in fp32 in the child, plus activations and interpreter overhead."""
+    return int(num_parameters * 4 * 2 * 1.25) + 2**30
+
+
+def verified_blocks(model_name: str, num_parameters: int, depth: int, memory_budget: int | None) -> int | None:
+    """None where the whole model fits in memory to verify (``memory_budget`` bytes, default what the kernel
+    reports available), else the blocks per group a partial check keeps."""
+    budget = available_memory() if memory_budget is None else memory_budget
+    needed = verification_bytes(num_parameters)
+    if needed <= budget:
+        return None
+    blocks = min(PARTIAL_BLOCKS, depth)
+    print(
+        f"{model_name} needs ~{needed / 2**30:.1f} GiB to verify whole, {budget / 2**30:.1f} GiB available: "
+        f"verifying with its first {blocks} of {depth} blocks."
+    )
+    return blocks
+
+
+def reference_model(
+    model_name: str, source, hooks: FamilyHooks, dtype: torch.dtype, blocks: int | None, kwargs: dict
+) -> torch.nn.Module:
+    """timm holding the converted weights (rounded as saved), whole or cut to its first ``blocks`` per group. Built
+    without allocating its parameters (buffers as timm computes them), then filled from ``source``."""
+    model = build_empty(model_name, **kwargs)
+    if blocks is not None:
+        hooks.truncate(model, blocks)
+    state = {k: source.get(k).to(dtype).float() for k in model.state_dict()}
+    model.load_state_dict(state, strict=True, assign=True)
+    left = meta_tensors(model)
+    if left:
+        raise ConversionError(f"timm's {model_name} computes {left[0]} from its weights; it cannot be verified.")
+    return model.eval()
+
+
+def verify(
+    folder: Path,
+    reference: torch.nn.Module,
+    hooks: FamilyHooks,
+    pooled: bool,
+    with_head: bool,
+    overrides: dict | None = None,
+) -> dict[str, float]:
+    """Max abs difference per output between the folder (clean process) and timm; raises past tolerance."""
+    inputs = hooks.verification_inputs(reference)
+    pixels = {name: x for name, (x, _) in inputs.items()}
+    calls = {name: call for name, (_, call) in inputs.items()}
+    ours = run_folder(folder, pixels, with_head, overrides, scratch=folder, calls=calls)  # scratch: the staging
+    expected = {}
+    with torch.no_grad():
+        for name, x in pixels.items():
+            with hooks.reference_at(reference, name):
+                features = reference.forward_features(x)
+                expected[f"{name}.last_hidden_state"] = features
+                if pooled:
+                    expected[f"{name}.pooler_output"] = reference.forward_head(features, pre_logits=True)
+                if with_head:
+                    expected[f"{name}.logits"] = reference.forward_head(features)
+    if set(ours) != set(expected):
+        raise ConversionError(f"Outputs differ in kind: folder gave {sorted(ours)}, timm {sorted(expected)}.")
+    parity = {}
+    for key, value in expected.items():
+        parity[key] = float((ours[key] - value).abs().max())
+        if not torch.allclose(ours[key], value, atol=TOLERANCE, rtol=TOLERANCE):
+            raise ConversionError(f"Parity check failed for {key}: max abs diff {parity[key]:.3e} > {TOLERANCE}.")
+    return parity

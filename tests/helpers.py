@@ -2,166 +2,32 @@
 
 from __future__ import annotations
 
-import random
-from functools import partial
+import sys
 from pathlib import Path
 
 import timm
 import torch
-from timm.layers import BlurPool2d, LayerNorm, RmsNorm, SwiGLU, SwiGLUPacked
-from timm.models._prune import adapt_model_from_string
-from timm.models.vision_transformer import ResPostBlock
 
-from conversion.families import family_for
+import vitzoo_hf
+from conversion.families import FamilyHooks, conversions, family_for
+from conversion.remote_code import sibling_closure
 from vitzoo_hf import VitzooImageProcessor
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=7)
-# RoPE needs head_dim % 4 == 0 with room for several bands: 64 wide, 4 heads.
-TINY_EVA = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=7)
 
-# name -> (timm entrypoint, constructor overrides); each exercises the flags its pretrained namesake uses.
-VIT_VARIANTS: dict[str, tuple[str, dict]] = {
-    "vit": ("vit_base_patch16_224", {}),
-    "deit_distilled": ("deit_base_distilled_patch16_224", {}),
-    "deit3": ("deit3_base_patch16_224", {"no_embed_class": True, "init_values": 1e-6}),
-    "dino": ("vit_small_patch16_224", {"qkv_bias": True, "num_classes": 0}),
-    "dinov2": ("vit_base_patch14_dinov2", {"init_values": 1e-5}),
-    "dinov2_reg": ("vit_base_patch14_reg4_dinov2", {"init_values": 1e-5, "reg_tokens": 4}),
-    "dinov2_giant_swiglu": (
-        "vit_giant_patch14_dinov2",
-        {"init_values": 1e-5, "mlp_layer": SwiGLUPacked, "act_layer": torch.nn.SiLU, "mlp_ratio": 2.6667 * 2},
-    ),
-    "clip": (
-        "vit_base_patch16_clip_224",
-        {"pre_norm": True, "norm_layer": partial(LayerNorm, eps=1e-5), "act_layer": "quick_gelu"},
-    ),
-    "siglip_map": (
-        "vit_base_patch16_siglip_224",
-        {"class_token": False, "global_pool": "map", "act_layer": "gelu_tanh", "mlp_ratio": 3.7362},
-    ),
-    "siglip_gap_reg": (
-        "vit_betwixt_patch16_reg4_gap_256",
-        {"class_token": False, "reg_tokens": 4, "global_pool": "avg", "no_embed_class": True, "init_values": 1e-5},
-    ),
-    "avg_fc_norm": ("vit_medium_patch16_gap_256", {"class_token": False, "global_pool": "avg", "fc_norm": True}),
-    "avgmax_include_prefix": ("vit_base_patch16_224", {"global_pool": "avgmax", "pool_include_prefix": True}),
-    "max_pool": ("vit_base_patch16_224", {"global_pool": "max", "reg_tokens": 1}),
-    "map_include_prefix": ("vit_base_patch16_224", {"global_pool": "map", "pool_include_prefix": True}),
-    "aimv2_rms_swiglu": (
-        "aimv2_large_patch14_224",
-        {
-            "class_token": False,
-            "global_pool": "avg",
-            "fc_norm": False,
-            "qkv_bias": False,
-            "proj_bias": False,
-            "act_layer": "silu",
-            "norm_layer": partial(RmsNorm, eps=1e-5),
-            "embed_norm_layer": partial(RmsNorm, eps=1e-5),
-            "mlp_layer": SwiGLU,
-            "mlp_ratio": 2.75,
-        },
-    ),
-    "beit3_scale_norms": ("vit_base_patch16_224", {"scale_attn_norm": True, "scale_mlp_norm": True}),
-    "qk_norm": ("vit_base_patch16_224", {"qk_norm": True, "qkv_bias": False}),
-    "res_post": ("vit_base_patch16_224", {"block_fn": ResPostBlock, "init_values": 1e-5, "class_token": True}),
-    "no_final_norm_no_pos": ("vit_base_patch16_224", {"final_norm": False, "pos_embed": "none", "reg_tokens": 2}),
-    "nonsquare_ratio": ("vit_base_patch16_224", {"img_size": (32, 48), "patch_size": (8, 4), "mlp_ratio": 2.6153}),
-}
-
-# Each is a real timm Eva entrypoint (so its flags are timm's own), shrunk by TINY_EVA and the overrides.
-EVA_VARIANTS: dict[str, tuple[str, dict]] = {
-    "dinov3": ("vit_small_patch16_dinov3", {"global_pool": "token"}),
-    "dinov3_qkvb": ("vit_small_patch16_dinov3_qkvb", {"global_pool": "token"}),
-    "dinov3_plus_swiglu_aligned": ("vit_small_plus_patch16_dinov3", {"global_pool": "token", "mlp_ratio": 2.7}),
-    "dinov3_7b_style": ("vit_7b_patch16_dinov3", {"global_pool": "token"}),
-    "eva02_mim": ("eva02_base_patch14_224", {"ref_feat_shape": (2, 2), "patch_size": 8}),
-    "eva02_clip_scale_attn": ("eva02_base_patch16_clip_224", {"ref_feat_shape": (3, 3)}),
-    "eva02_enormous_post_norm": ("eva02_enormous_patch14_clip_224", {"patch_size": 8}),
-    "eva_giant_abs_pos": ("eva_giant_patch14_224", {"patch_size": 8}),
-    "rope_mixed": ("vit_small_patch16_rope_mixed_224", {}),
-    "rope_ape_xy": ("vit_small_patch16_rope_ape_224", {}),
-    "rope_reg_gap": ("vit_base_patch16_rope_reg1_gap_256", {"ref_feat_shape": (2, 2)}),
-    "pe_core_map": ("vit_pe_core_base_patch16_224", {"ref_feat_shape": (2, 2), "attn_pool_num_heads": 8}),
-    "pe_spatial_no_final_norm": ("vit_pe_spatial_base_patch16_512", {"ref_feat_shape": (3, 3), "num_classes": 0}),
-    "sapiens2_gqa_rms": ("vit_base_patch16_sapiens2", {"num_kv_heads": (4, 2), "global_pool": "token"}),
-    "lingbot": ("vit_base_patch16_lingbot", {}),
-}
-
-# ConvNeXt: timm's own entrypoints (their flags), shrunk to depths (1, 1, 2, 1) and small widths; 7 classes.
-TINY_CONVNEXT = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 48), num_classes=7)
-CONVNEXT_VARIANTS: dict[str, tuple[str, dict]] = {
-    "convnext": ("convnext_tiny", {}),
-    "ols_tiered_stem": ("convnext_atto_ols", {}),
-    "ols_overlap_stem": ("convnext_nano_ols", {}),
-    "zepto_simplenorm_act_stem": ("convnext_zepto_rms_ols", {}),
-    "rmsnorm_conv_mlp": ("convnext_atto_rms", {}),
-    "v2_grn_conv_mlp": ("convnextv2_atto", {}),
-    "v2_grn_linear": ("convnextv2_tiny", {}),
-    "head_norm_first": ("convnext_tiny_hnf", {}),
-    "mlp_head": ("convnext_large_mlp", {"head_hidden_size": 40}),
-    "kernels_silu_no_bias": ("test_convnext3", {"conv_bias": False, "dims": (16, 24, 32, 48)}),
-    "gelu_tanh_eps": ("test_convnext", {"dims": (16, 24, 32, 48)}),
-    "no_layer_scale_max_pool": ("convnext_tiny", {"ls_init_value": None, "global_pool": "max"}),
-    "patch2_avgmax": ("convnext_tiny", {"patch_size": 2, "global_pool": "avgmax"}),
-    "headless_dinov3": ("convnext_tiny", {"num_classes": 0}),
-}
-
-# ResNet: timm's own entrypoints (their flags), shrunk to depths (1, 1, 2, 1) and planes (16, 24, 32, 48); 7 classes.
-TINY_RESNET = dict(layers=(1, 1, 2, 1), channels=(16, 24, 32, 48), num_classes=7)
-RESNET_VARIANTS: dict[str, tuple[str, dict]] = {
-    "resnet18_basic": ("resnet18", {}),
-    "resnet50": ("resnet50", {}),
-    "resnet50d_deep_avg_down": ("resnet50d", {"drop_rate": 0.1}),
-    "resnet26t_tiered": ("resnet26t", {}),
-    "resnext_groups": ("resnext50_32x4d", {}),
-    "wide": ("wide_resnet50_2", {}),
-    "seresnext_se": ("seresnext26d_32x4d", {}),
-    "ecaresnetlight_eca": ("ecaresnetlight", {}),
-    "resnetrs_se_quarter_stem_conv": ("resnetrs50", {}),
-    "senet154_reduce_first_k3": ("senet154", {"channels": (32, 32, 32, 32)}),
-    "aa_avgpool": ("resnetaa50d", {}),
-    "aa_avgpool_basic": ("resnetaa34d", {}),
-    "blurpool": ("resnetblur50", {}),
-    "blurpool_stem_conv": ("resnetrs50", {"aa_layer": BlurPool2d}),
-    "groupnorm": ("resnet50_gn", {"channels": (32, 32, 32, 32)}),
-    "mixed_blocks": ("test_resnet", {"channels": (32, 48, 48, 96)}),
-    "silu_max_pool": ("resnet18", {"act_layer": "silu", "global_pool": "max"}),
-    "avgmax": ("resnet26d", {"global_pool": "avgmax"}),
-    "headless": ("resnet50", {"num_classes": 0}),
-    "eca_pruned": ("ecaresnet50d", {}),  # then pruned by timm's own code: see prune_like_timm
-}
-PRUNED_RESNETS = {"eca_pruned"}
+def variants(family: str | None = None) -> dict[str, str]:
+    """Every tiny variant the registered families declare (``FamilyHooks.variants``): name -> family."""
+    return {name: hooks.name for hooks in conversions() if family in (None, hooks.name) for name in hooks.variants}
 
 
-def prune_like_timm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """A pruned copy of a timm bottleneck ResNet made by timm's own ``adapt_model_from_string`` (as its
-    ``*_pruned`` models are built): random widths inside each block's branch, and per stage on the residual path
-    (odd, so not multiples of the expansion); the stem and the ECA convs keep the parent's shapes, as in timm's
-    pruned files."""
-    rng = random.Random(seed)
-    shapes, stage_in = {}, model.bn1.num_features
-    for stage_index in range(1, 5):
-        stage = getattr(model, f"layer{stage_index}")
-        # a stage whose first block has no projection keeps its input width (the residual sums must match)
-        out = rng.randint(5, stage[0].conv3.out_channels) | 1 if stage[0].downsample is not None else stage_in
-        for index, block in enumerate(stage):
-            prefix, block_in = f"layer{stage_index}.{index}", stage_in if index == 0 else out
-            first, second = (rng.randint(3, conv.out_channels) for conv in (block.conv1, block.conv2))
-            layers = {"conv1": (first, block_in), "conv2": (second, first), "conv3": (out, second)}
-            if block.downsample is not None:
-                layers["downsample.1"] = (out, block_in)
-            for conv, (out_channels, in_channels) in layers.items():
-                norm = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3"}.get(conv, "downsample.2")
-                kernel = list(block.get_submodule(conv).weight.shape[2:])
-                shapes[f"{prefix}.{conv}.weight"] = [out_channels, in_channels, *kernel]
-                shapes[f"{prefix}.{norm}.weight"] = [out_channels]
-        stage_in = out
-    shapes["fc.weight"] = [model.fc.out_features, stage_in]
-    for name, module in model.named_modules():  # the stem, as it is
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
-            shapes.setdefault(f"{name}.weight", list(module.weight.shape))
-    return adapt_model_from_string(model, "***".join(f"{key}:{shape}" for key, shape in shapes.items()))
+def code_files(family: vitzoo_hf.Family) -> list[str]:
+    """The code files a folder of the family carries: the sibling closure of the modules its auto_map names (what
+    the converter copies; transformers' own save copies the same, which test_remote_code holds it to)."""
+    modules = (family.config, family.model, family.classifier, family.backbone, VitzooImageProcessor)
+    return sorted(path.name for path in sibling_closure([Path(sys.modules[c.__module__].__file__) for c in modules]))
+
+
+def hooks_of(variant: str) -> FamilyHooks:
+    return next(hooks for hooks in conversions() if variant in hooks.variants)
 
 
 @torch.no_grad()
@@ -177,27 +43,14 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> torch.nn.Module:
-    """A tiny perturbed timm model of a vit, eva, convnext or resnet variant, in eval mode (``dynamic``: token families
-    built to run at any size)."""
-    if variant in VIT_VARIANTS:
-        name, overrides = VIT_VARIANTS[variant]
-        kwargs = {**TINY, **overrides, **extra}
-    elif variant in CONVNEXT_VARIANTS:
-        name, overrides = CONVNEXT_VARIANTS[variant]
-        kwargs = {**TINY_CONVNEXT, **overrides, **extra}
-        dynamic = False
-    elif variant in RESNET_VARIANTS:
-        name, overrides = RESNET_VARIANTS[variant]
-        kwargs = {**TINY_RESNET, **overrides, **extra}
-        dynamic = False
-    else:
-        name, overrides = EVA_VARIANTS[variant]
-        kwargs = {**TINY_EVA, **overrides, **extra}
+    """A tiny perturbed timm model of a variant some family declares, in eval mode (``dynamic``: families whose
+    other sizes need it built so, the token families, get their reference constructor arguments)."""
+    hooks = hooks_of(variant)
+    name, overrides = hooks.variants[variant]
+    kwargs = {**hooks.tiny, **overrides, **extra}
     if dynamic:
-        kwargs["dynamic_img_size"] = True
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    if variant in PRUNED_RESNETS:
-        model = prune_like_timm(model, seed)
+        kwargs.update(hooks.reference_kwargs(name))
+    model = hooks.adapt_variant(variant, timm.create_model(name, pretrained=False, **kwargs), seed)
     return perturb(model, seed).eval()
 
 
@@ -206,16 +59,16 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
 
     Loading is strict: every converted key must exist in our model and every parameter must be covered.
     """
-    family = family_for(timm_model)
+    hooks = family_for(timm_model)
     if role == "classifier" and not timm_model.num_classes:
         # timm's model(x) without a classifier is the pooled output: our head_type "none", one logit per feature.
         config_overrides = {"head_type": "none", "num_labels": timm_model.num_features, **config_overrides}
-    config = family.config_from_timm(timm_model, **config_overrides)
-    if family.model._supports_sdpa:  # token families; convolutional ones have no attention to choose
+    config = hooks.config_from_timm(timm_model, **config_overrides)
+    if hooks.attention:  # families without attention have no implementation to choose
         config._attn_implementation = attn
-    model = getattr(family, role)(config)
+    model = getattr(hooks.family, role)(config)
     with_head = role == "classifier"
-    state = family.convert_state_dict(timm_model.state_dict(), with_head=with_head)
+    state = hooks.convert_state_dict(timm_model.state_dict(), with_head=with_head)
     target = model.base_model if role == "backbone" else model
     target.load_state_dict(state, strict=True)
     return model.eval()

@@ -6,35 +6,15 @@ import unittest
 
 import torch
 
+import vitzoo_hf
+from conversion.families import conversions
+from conversion.token_families import TokenHooks
 from tests import transformers_suite
-from vitzoo_hf import (
-    VitzooConvNextBackbone,
-    VitzooConvNextConfig,
-    VitzooConvNextForImageClassification,
-    VitzooConvNextModel,
-    VitzooEvaBackbone,
-    VitzooEvaConfig,
-    VitzooEvaForImageClassification,
-    VitzooEvaModel,
-    VitzooResNetBackbone,
-    VitzooResNetConfig,
-    VitzooResNetForImageClassification,
-    VitzooResNetModel,
-    VitzooViTBackbone,
-    VitzooViTConfig,
-    VitzooViTForImageClassification,
-    VitzooViTModel,
-)
 
 transformers_suite.load()
-for prefix, model_type in (
-    ("VitzooViT", "vitzoo_vit"),
-    ("VitzooEva", "vitzoo_eva"),
-    ("VitzooConvNext", "vitzoo_convnext"),
-    ("VitzooResNet", "vitzoo_resnet"),
-):
+for family in vitzoo_hf.FAMILIES.values():
     transformers_suite.register_model_names(
-        model_type, f"{prefix}Model", f"{prefix}ForImageClassification", f"{prefix}Backbone"
+        family.config.model_type, family.model.__name__, family.classifier.__name__, family.backbone.__name__
     )
 
 from transformers_tests.test_backbone_common import BackboneTesterMixin  # noqa: E402
@@ -67,8 +47,10 @@ class ClassifierShapes:
         self.assertTrue(torch.isfinite(out.loss))
 
 
-class VitzooModelTester(TesterInputs):
-    def __init__(self, parent, config_class=VitzooViTConfig, **overrides) -> None:
+class TokenModelTester(TesterInputs):
+    """A tiny token-family model for the suite: 2 blocks of width 64 on 32-pixel inputs, patch 8."""
+
+    def __init__(self, parent, config_class, **overrides) -> None:
         self.parent = parent
         self.config_class = config_class
         self.batch_size = 3
@@ -99,9 +81,9 @@ class VitzooModelTester(TesterInputs):
         )
 
 
-class VitzooViTModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
-    all_model_classes = (VitzooViTModel, VitzooViTForImageClassification, VitzooViTBackbone)
-    config_class = VitzooViTConfig
+class TokenModelTest(ClassifierShapes, ModelTesterMixin):
+    """The suite over a token family's three classes with one flag set (``overrides``)."""
+
     test_resize_embeddings = False
     test_torch_exportable = True
     test_can_init_all_missing_weights_before_2023 = True  # the init-all-weights check, on
@@ -109,7 +91,7 @@ class VitzooViTModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
     overrides: dict = {}
 
     def setUp(self) -> None:
-        self.model_tester = VitzooModelTester(self, self.config_class, **self.overrides)
+        self.model_tester = TokenModelTester(self, self.config_class, **self.overrides)
         self.config_tester = ConfigTester(self, config_class=self.config_class, has_text_modality=False, hidden_size=48)
 
     def test_config(self) -> None:
@@ -124,86 +106,11 @@ class VitzooViTModelTest(ClassifierShapes, ModelTesterMixin, unittest.TestCase):
             self.assertIsNone(model.get_output_embeddings())
 
 
-class VitzooViTRegistersSwiGLUTest(VitzooViTModelTest):
-    """A second flag set through the whole suite: registers, LayerScale, packed SwiGLU, no pos for prefix."""
-
-    overrides = dict(
-        num_register_tokens=2,
-        layer_scale_init_value=1e-5,
-        mlp_type="glu_packed",
-        hidden_act="silu",
-        no_embed_class=True,
-    )
-
-
-class VitzooViTBackboneTest(BackboneTesterMixin, unittest.TestCase):
-    all_model_classes = (VitzooViTBackbone,)
-    config_class = VitzooViTConfig
+class TokenBackboneTest(BackboneTesterMixin):
     has_attentions = True
 
     def setUp(self) -> None:
-        self.model_tester = VitzooModelTester(self, self.config_class)
-
-
-class VitzooEvaDinoV3Test(VitzooViTModelTest):
-    """DINOv3-style: RoPE over centered coordinates, registers, LayerScale, bias-free fused qkv."""
-
-    all_model_classes = (VitzooEvaModel, VitzooEvaForImageClassification, VitzooEvaBackbone)
-    config_class = VitzooEvaConfig
-    overrides = dict(
-        num_register_tokens=4,
-        layer_scale_init_value=1e-5,
-        qkv_bias=False,
-        rope_type="dinov3",
-        rope_temperature=100.0,
-        rope_rotate_half=True,
-        use_pos_embed=False,
-    )
-
-
-class VitzooEvaEva02Test(VitzooEvaDinoV3Test):
-    """EVA02-style: separate q/k/v (no key bias), SwiGLU with MLP norm, attention-out norm, EVA RoPE."""
-
-    overrides = dict(
-        qkv_fused=False,
-        mlp_type="swiglu",
-        hidden_act="silu",
-        scale_mlp_norm=True,
-        scale_attn_norm=True,
-        rope_type="cat",
-        rope_ref_grid=[2, 2],
-        global_pool="avg",
-        final_norm=False,
-        fc_norm=True,
-    )
-
-
-class VitzooEvaGroupedQueryTest(VitzooEvaDinoV3Test):
-    """Sapiens2-style: grouped-query attention per block, QK norm, RMSNorm, attention-only LayerScale."""
-
-    overrides = dict(
-        attention_type="rope",
-        qkv_fused=False,
-        num_key_value_heads=[4, 2],
-        qk_norm=True,
-        norm_type="rmsnorm",
-        layer_scale_init_value=1.0,
-        attn_only_layer_scale=True,
-        rope_type="dinov3",
-        rope_rotate_half=True,
-        num_register_tokens=2,
-    )
-
-
-class VitzooEvaRopeMixedMapTest(VitzooEvaDinoV3Test):
-    """RoPE-Mixed (learned frequencies per block and head) with a MAP attention-pool head and post-norm blocks."""
-
-    overrides = dict(attention_type="rope", rope_type="mixed", rope_temperature=10.0, global_pool="map", post_norm=True)
-
-
-class VitzooEvaBackboneTest(VitzooViTBackboneTest):
-    all_model_classes = (VitzooEvaBackbone,)
-    config_class = VitzooEvaConfig
+        self.model_tester = TokenModelTester(self, self.config_class)
 
 
 class StageModelTester(TesterInputs):
@@ -285,67 +192,31 @@ class StageBackboneTest(BackboneTesterMixin):
         self.model_tester = StageModelTester(self, self.config_class, self.fields)
 
 
-CONVNEXT_FIELDS = dict(depths=[1, 1, 2, 1], hidden_sizes=[8, 16, 24, 32])
+def suite_classes() -> dict[str, type]:
+    """One test class per family and flag set (``FamilyHooks.suite_configs``) and one backbone test per family, made
+    from the registry: a new family is covered by declaring its flag sets beside its hooks."""
+    made = {}
+    for hooks in conversions():
+        family, token = hooks.family, isinstance(hooks, TokenHooks)
+        model_base, backbone_base = (
+            (TokenModelTest, TokenBackboneTest) if token else (StageModelTest, StageBackboneTest)
+        )
+        prefix = f"Test{family.config.__name__.removesuffix('Config')}"
+        common = dict(config_class=family.config, has_attentions=hooks.attention)
+        for index, fields in enumerate(hooks.suite_configs):
+            flags = dict(overrides=fields) if token else dict(fields=fields)
+            made[f"{prefix}Suite{index}"] = type(
+                f"{prefix}Suite{index}",
+                (model_base, unittest.TestCase),
+                dict(all_model_classes=(family.model, family.classifier, family.backbone), **common, **flags),
+            )
+        fields = {} if token else hooks.suite_configs[0]
+        made[f"{prefix}BackboneSuite"] = type(
+            f"{prefix}BackboneSuite",
+            (backbone_base, unittest.TestCase),
+            dict(all_model_classes=(family.backbone,), fields=fields, **common),
+        )
+    return made
 
 
-class VitzooConvNextModelTest(StageModelTest, unittest.TestCase):
-    all_model_classes = (VitzooConvNextModel, VitzooConvNextForImageClassification, VitzooConvNextBackbone)
-    config_class = VitzooConvNextConfig
-    fields = CONVNEXT_FIELDS
-
-
-class VitzooConvNextV2OverlapTest(VitzooConvNextModelTest):
-    """A second flag set: ConvNeXt-V2 (GRN, no LayerScale), conv MLP, overlapping stem, RMSNorm, MLP head."""
-
-    overrides = dict(
-        use_grn=True,
-        layer_scale_init_value=None,
-        conv_mlp=True,
-        stem_type="overlap_act",
-        stem_mid_channels=4,
-        norm_type="rmsnorm",
-        head_hidden_size=12,
-    )
-
-
-class VitzooConvNextBackboneTest(StageBackboneTest, unittest.TestCase):
-    all_model_classes = (VitzooConvNextBackbone,)
-    config_class = VitzooConvNextConfig
-    fields = CONVNEXT_FIELDS
-
-
-RESNET_FIELDS = dict(depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 48, 64], stem_channels=8)
-
-
-class VitzooResNetModelTest(StageModelTest, unittest.TestCase):
-    """Bottleneck blocks, BatchNorm, the 7x7 stem and its max pool, strided-conv shortcuts."""
-
-    all_model_classes = (VitzooResNetModel, VitzooResNetForImageClassification, VitzooResNetBackbone)
-    config_class = VitzooResNetConfig
-    fields = RESNET_FIELDS
-
-
-class VitzooResNetBasicDeepTest(VitzooResNetModelTest):
-    """A second flag set: basic blocks, tiered deep stem with a conv instead of the pool, ResNet-D shortcuts, SE,
-    blur-pool anti-aliasing, GroupNorm, the stem's map taken after its pool (stride 4)."""
-
-    overrides = dict(
-        block_types=["basic"] * 4,
-        stem_type="deep_tiered",
-        deep_stem_width=8,
-        stem_channels=16,
-        replace_stem_pool=True,
-        avg_down=True,
-        attn_type="se",
-        se_ratio=0.25,
-        aa_type="blurpool",
-        norm_type="groupnorm",
-        norm_groups=2,
-        stem_output="pool",
-    )
-
-
-class VitzooResNetBackboneTest(StageBackboneTest, unittest.TestCase):
-    all_model_classes = (VitzooResNetBackbone,)
-    config_class = VitzooResNetConfig
-    fields = RESNET_FIELDS
+globals().update(suite_classes())

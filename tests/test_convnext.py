@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
+from conversion.convnext import ConvNextHooks
 from tests.helpers import (
-    CONVNEXT_VARIANTS,
     check_channels_last,
     check_gradient_checkpointing,
     check_stage_model_calls,
@@ -33,7 +33,7 @@ def timm_stages(timm_model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return states
 
 
-@pytest.mark.parametrize("variant", sorted(CONVNEXT_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ConvNextHooks.variants))
 def test_outputs_equal_timm_at_every_size(variant: str) -> None:
     timm_model = make_timm(variant)
     headless = not timm_model.num_classes
@@ -57,7 +57,7 @@ def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: st
     stages = ["stage1", "stage2", "stage3", "stage4"]
     backbone = vitzoo_from_timm(timm_model, "backbone", out_features=["stem", *stages])
     x = torch.randn(2, 3, 96, 64)
-    features_only = timm.create_model(CONVNEXT_VARIANTS[variant][0], features_only=True, **_kwargs(variant)).eval()
+    features_only = timm.create_model(ConvNextHooks.variants[variant][0], features_only=True, **_kwargs(variant)).eval()
     trunk = [v for k, v in timm_model.state_dict().items() if not k.startswith(("head.", "norm_pre."))]
     features_only.load_state_dict(dict(zip(features_only.state_dict(), trunk, strict=True)))
     with torch.no_grad():
@@ -76,9 +76,8 @@ def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: st
 
 
 def _kwargs(variant: str) -> dict:
-    from tests.helpers import TINY_CONVNEXT
 
-    return {**TINY_CONVNEXT, **CONVNEXT_VARIANTS[variant][1]}
+    return {**ConvNextHooks.tiny, **ConvNextHooks.variants[variant][1]}
 
 
 @pytest.mark.parametrize("variant", ["convnext", "v2_grn_linear", "mlp_head"])

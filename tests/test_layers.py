@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.activations import ACT2FN
 
-from tests.helpers import EVA_VARIANTS, VIT_VARIANTS, make_timm, vitzoo_from_timm
+from tests.helpers import hooks_of, make_timm, vitzoo_from_timm
 from vitzoo_hf.common_layers import INPLACE_ACTIVATIONS, Activation
 
 
@@ -60,7 +60,7 @@ def test_inference_gives_the_training_graph_numbers_bit_for_bit(variant: str) ->
     """The in-place path (no autograd graph) and the out-of-place one compute every output, stage map and hidden
     state to the same bits, and the in-place one leaves the input and every returned map intact."""
     model = vitzoo_from_timm(make_timm(variant))
-    side = 32 if variant in VIT_VARIANTS or variant in EVA_VARIANTS else 64  # the token variants' native size
+    side = 32 if hooks_of(variant).size_rule == "interpolate_pos_encoding" else 64  # the token variants' native size
     x = torch.randn(2, 3, side, side)
     pixels = x.clone()
     with torch.no_grad():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import EVA_VARIANTS, VIT_VARIANTS, make_timm, vitzoo_from_timm
+from conversion.families import conversions
+from tests.helpers import make_timm, vitzoo_from_timm
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-VARIANTS = sorted(VIT_VARIANTS) + sorted(EVA_VARIANTS)
+# Every variant of every token family in the registry (stage families: their own test files and test_stage_parity).
+VARIANTS = sorted(v for h in conversions() if h.size_rule == "interpolate_pos_encoding" for v in h.variants)
 
 
 def _inputs(timm_model, size: tuple[int, int] | None = None, batch: int = 2) -> torch.Tensor:

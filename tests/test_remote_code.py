@@ -14,9 +14,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vitzoo_hf
+from conversion.families import conversions
 from conversion.remote_code import import_problems, sibling_closure
 from conversion.verify import clean_env
-from tests.helpers import save_tiny_folder
+from tests.helpers import code_files, save_tiny_folder
 from vitzoo_hf import VitzooImageProcessor
 
 CHILD = r"""
@@ -50,38 +51,10 @@ print(type(model).__module__)
 """
 
 
-# Only what each family imports: the vit family has no RoPE, no token family carries the stage files.
-COMMON_FILES = [
-    "common_compat.py",
-    "common_config.py",
-    "common_heads.py",
-    "common_layers.py",
-    "common_modeling.py",
-    "image_processing_vitzoo.py",
-]
-TOKEN_FILES = [*COMMON_FILES, "token_config.py", "token_encoder.py", "token_layers.py"]
-STAGE_FILES = [*COMMON_FILES, "stage_config.py", "stage_layers.py", "stage_modeling.py"]
-FAMILY_FILES = {
-    "vit": sorted([*TOKEN_FILES, "configuration_vit.py", "modeling_vit.py"]),
-    "eva": sorted([*TOKEN_FILES, "configuration_eva.py", "modeling_eva.py", "token_rope.py"]),
-    "convnext": sorted([*STAGE_FILES, "configuration_convnext.py", "modeling_convnext.py"]),
-    "resnet": sorted(
-        [*COMMON_FILES, "stage_config.py", "stage_modeling.py", "configuration_resnet.py", "modeling_resnet.py"]
-    ),
-}
+SHOWCASE = [(hooks.name, variant) for hooks in conversions() for variant in hooks.showcase_variants]
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        ("vit", "dinov2_reg"),
-        ("eva", "dinov3"),
-        ("eva", "rope_mixed"),
-        ("convnext", "convnext"),
-        ("resnet", "blurpool_stem_conv"),
-    ],
-    ids=str,
-)
+@pytest.fixture(scope="module", params=SHOWCASE, ids=str)
 def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module, str]:
     family, variant = request.param
     folder = tmp_path_factory.mktemp("saved") / f"tiny-{variant}"
@@ -90,21 +63,26 @@ def saved(request, tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Mo
 
 
 def test_folder_holds_code_and_all_auto_map_entries(saved) -> None:
-    folder, _, _, family = saved
-    prefix = {"vit": "VitzooViT", "eva": "VitzooEva", "convnext": "VitzooConvNext", "resnet": "VitzooResNet"}[family]
+    folder, _, _, name = saved
+    family = vitzoo_hf.FAMILIES[name]
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == f"vitzoo_{family}"
-    assert config["architectures"] == [f"{prefix}ForImageClassification"]
+    assert config["model_type"] == f"vitzoo_{name}"
+    assert config["architectures"] == [family.classifier.__name__]
     assert config["auto_map"] == {
-        "AutoConfig": f"configuration_{family}.{prefix}Config",
-        "AutoModel": f"modeling_{family}.{prefix}Model",
-        "AutoModelForImageClassification": f"modeling_{family}.{prefix}ForImageClassification",
-        "AutoBackbone": f"modeling_{family}.{prefix}Backbone",
+        "AutoConfig": f"configuration_{name}.{family.config.__name__}",
+        "AutoModel": f"modeling_{name}.{family.model.__name__}",
+        "AutoModelForImageClassification": f"modeling_{name}.{family.classifier.__name__}",
+        "AutoBackbone": f"modeling_{name}.{family.backbone.__name__}",
     }
-    code_files = sorted(p.name for p in folder.glob("*.py"))
-    assert code_files == FAMILY_FILES[family]
-    for name in code_files:
-        assert import_problems(folder / name) == []
+    # What transformers copied on save is what the converter copies (our closure), and nothing of another family
+    # or group: each folder carries only the files its family imports.
+    files = sorted(p.name for p in folder.glob("*.py"))
+    assert files == code_files(family)
+    others = {f"modeling_{n}.py" for n in vitzoo_hf.FAMILIES if n != name}
+    assert not others & set(files)
+    assert len({f.split("_")[0] for f in files if f.startswith(("token_", "stage_"))}) == 1
+    for file in files:  # every sibling import resolves inside the folder, and only allowed modules are imported
+        assert import_problems(folder / file) == []
     assert set(load_file(folder / "model.safetensors")) == set(saved[1].state_dict())
 
 

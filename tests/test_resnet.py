@@ -9,9 +9,8 @@ from torch import nn
 
 from conversion.common import UnsupportedArchitecture
 from conversion.families import family_for
+from conversion.resnet import ResNetHooks
 from tests.helpers import (
-    RESNET_VARIANTS,
-    TINY_RESNET,
     check_channels_last,
     check_gradient_checkpointing,
     check_stage_model_calls,
@@ -38,7 +37,7 @@ def sizes_for(ours: nn.Module) -> list[tuple[int, int]]:
     return EVEN_SIZES if ours.config.aa_type == "avgpool" else SIZES
 
 
-@pytest.mark.parametrize("variant", sorted(RESNET_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(ResNetHooks.variants))
 def test_outputs_equal_timm_at_every_size(variant: str) -> None:
     timm_model = make_timm(variant)
     ours = vitzoo_from_timm(timm_model, "classifier")
@@ -85,8 +84,8 @@ def test_backbone_maps_equal_forward_intermediates_and_features_only(variant: st
     names = ["stem", "stage1", "stage2", "stage3", "stage4"]
     backbone = vitzoo_from_timm(timm_model, "backbone", out_features=names)
     x = torch.randn(2, 3, 96, 64)
-    entrypoint, overrides = RESNET_VARIANTS[variant]
-    features_only = timm.create_model(entrypoint, features_only=True, **{**TINY_RESNET, **overrides}).eval()
+    entrypoint, overrides = ResNetHooks.variants[variant]
+    features_only = timm.create_model(entrypoint, features_only=True, **{**ResNetHooks.tiny, **overrides}).eval()
     trunk = {k: v for k, v in timm_model.state_dict().items() if not k.startswith("fc.")}
     features_only.load_state_dict(trunk)
     with torch.no_grad():
@@ -202,7 +201,7 @@ def test_avgpool_anti_aliasing_names_the_sizes_it_takes() -> None:
     ],
 )
 def test_unsupported_timm_options_are_refused_by_name(kwargs, message) -> None:
-    timm_model = perturb(timm.create_model("resnet50", **{**TINY_RESNET, **kwargs})).eval()
+    timm_model = perturb(timm.create_model("resnet50", **{**ResNetHooks.tiny, **kwargs})).eval()
     with pytest.raises(UnsupportedArchitecture, match=message):
         family_for(timm_model).config_from_timm(timm_model)
 

@@ -51,7 +51,8 @@ __version__ = "0.2.0"
 @dataclass(frozen=True)
 class Family:
     """A family: its classes, and where its conversion hooks live (a module importable where timm is, by default
-    ``conversion.<name>``; see ``conversion/families.py`` for the hooks it must define)."""
+    ``conversion.<name>``, whose ``HOOKS`` class answers them; ``module:NAME`` names another class; see
+    ``conversion/families.py``)."""
 
     name: str
     config: type[VitzooConfig]

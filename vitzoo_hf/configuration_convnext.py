@@ -9,6 +9,7 @@ from transformers.activations import ACT2FN
 from .common_compat import BackboneConfigMixin  # noqa: F401
 from .common_config import VitzooConfig, check_choice  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
+from .common_layers import Activation  # noqa: F401
 from .stage_config import StageConfig
 from .stage_layers import CHANNEL_NORMS
 

@@ -6,13 +6,14 @@ one, grouped-query heads), attention-only LayerScale, the attention pool's size 
 
 from __future__ import annotations
 
+from .attention_layers import MLP_TYPES  # noqa: F401
+
 # Every sibling the config needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneConfigMixin  # noqa: F401
 from .common_config import check_choice
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import NORMS  # noqa: F401
 from .token_config import TokenConfig
-from .token_layers import MLP_TYPES  # noqa: F401
 
 ATTENTION_TYPES = ("eva", "rope")
 ROPE_TYPES = (None, "cat", "dinov3", "mixed")

@@ -6,13 +6,14 @@ BEiT3-style and I-JEPA/MAE variants through flags that mirror timm's constructor
 
 from __future__ import annotations
 
+from .attention_layers import MLP_TYPES  # noqa: F401
+
 # Every sibling the config needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneConfigMixin  # noqa: F401
 from .common_config import VitzooConfig  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import NORMS  # noqa: F401
 from .token_config import TokenConfig, norms_after_pooling
-from .token_layers import MLP_TYPES  # noqa: F401
 
 
 class VitzooViTConfig(TokenConfig):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 
 # Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
@@ -25,9 +26,13 @@ from .stage_layers import ChannelNorm
 from .stage_modeling import (
     StageBackboneMixin,
     StageClassifierMixin,
-    StageModelMixin,
+    StageModelBase,
     block_drop_rates,
     init_stage_weights,
+    pool_maps,
+    run_stages,
+    stage_flags,
+    stage_output,
 )
 
 
@@ -180,7 +185,7 @@ class VitzooConvNextPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
             init.constant_(module.gamma, self.config.layer_scale_init_value)
 
 
-class VitzooConvNextModel(StageModelMixin, VitzooConvNextPreTrainedModel):
+class VitzooConvNextModel(StageModelBase, VitzooConvNextPreTrainedModel):
     """``last_hidden_state`` = timm ``forward_features`` (NCHW); ``pooler_output`` = timm pre-logits;
     ``hidden_states`` = the stem then each stage."""
 
@@ -195,6 +200,32 @@ class VitzooConvNextModel(StageModelMixin, VitzooConvNextPreTrainedModel):
         )
         self.pre_logits = ConvNextPreLogits(config)
         self.post_init()
+
+    def forward_stem(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.stem(pixel_values)
+        return hidden, hidden
+
+    def pool(self, last_hidden_state: torch.Tensor, kind: str) -> torch.Tensor:
+        """The pooled map through timm's head norm (and MLP, where the head has one)."""
+        return self.pre_logits(pool_maps(kind, last_hidden_state))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """stem -> stages -> norm (head-norm-first models) = timm ``forward_features``; pooled, then the head's norm
+        and MLP = pre-logits. Any input size runs directly; ``interpolate_pos_encoding`` (the token families' switch
+        for other sizes) is accepted and changes nothing."""
+        flags = stage_flags(self, output_attentions, output_hidden_states, return_dict)
+        last, states, _ = run_stages(self, pixel_values, lambda index: flags.hidden_states)
+        last = self.norm(last)
+        pool = self.config.global_pool
+        return stage_output(flags, last, self.pool(last, pool) if pool else None, states)
 
 
 class VitzooConvNextForImageClassification(StageClassifierMixin, VitzooConvNextPreTrainedModel):

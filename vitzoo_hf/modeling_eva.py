@@ -7,9 +7,12 @@ remote code: imports torch, transformers and sibling files only.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
+
+from .attention_layers import MLP_TYPES, SelfAttention
 
 # Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneMixin, init
@@ -29,7 +32,7 @@ from .token_encoder import (
     layer_drop_rates,
     map_pool,
 )
-from .token_layers import MLP_TYPES, AttentionPoolLatent, SelfAttention
+from .token_layers import AttentionPoolLatent
 from .token_rope import RotaryCat, RotaryDinoV3, RotaryMixed
 
 
@@ -146,6 +149,9 @@ class VitzooEvaModel(TokenModelMixin, VitzooEvaPreTrainedModel):
         self.attn_pool = _map_pool(config) if config.global_pool == "map" else None
         self.fc_norm = build_norm(norm_type, dim, eps) if config.use_fc_norm else nn.Identity()
         self.post_init()
+
+    def position_table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+        return self.rope(grid, device) if self.rope is not None else None
 
 
 class VitzooEvaForImageClassification(TokenClassifierMixin, VitzooEvaPreTrainedModel):

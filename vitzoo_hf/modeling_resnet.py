@@ -10,107 +10,57 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 
 # Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneMixin, init
 from .common_config import VitzooConfig  # noqa: F401
 from .common_heads import ClassifierHead  # noqa: F401
-from .common_layers import Activation, DropPath
+from .common_layers import DropPath
 from .common_modeling import VitzooPreTrainedMixin
 from .configuration_resnet import BLOCK_TYPES, VitzooResNetConfig
 from .stage_config import StageConfig  # noqa: F401
+from .stage_layers import (
+    BlurPool2d,
+    EfficientChannelAttention,
+    SEModule,
+    act_layer,
+    anti_alias,
+    make_divisible,
+    norm2d,
+    projection_shortcut,
+)
 from .stage_modeling import (
     StageBackboneMixin,
     StageClassifierMixin,
-    StageModelMixin,
+    StageModelBase,
     block_drop_rates,
     init_stage_weights,
+    run_stages,
+    stage_flags,
+    stage_output,
 )
 
 
 def build_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
-    if config.norm_type == "groupnorm":
-        return nn.GroupNorm(config.norm_groups, channels, eps=config.norm_eps)
-    return nn.BatchNorm2d(channels, eps=config.norm_eps)
+    return norm2d(config.norm_type, channels, config.norm_eps, config.norm_groups)
 
 
-def build_act(config: VitzooResNetConfig) -> nn.Module:
-    """In place, as timm: each activation overwrites a tensor nothing else reads, saving a copy. ReLU always
-    (its gradient needs only its output); others where no autograd graph needs their input."""
-    return nn.ReLU(inplace=True) if config.hidden_act == "relu" else Activation(config.hidden_act, inplace=True)
-
-
-class BlurPool2d(nn.Module):
-    """timm's ``BlurPool2d``: a 3x3 binomial blur (reflect padding) then subsampling. The filter is a constant
-    built on each call, so there is no buffer a checkpoint would lack."""
-
-    def __init__(self, channels: int, stride: int = 2) -> None:
-        super().__init__()
-        self.channels, self.stride = channels, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = x.new_tensor([0.25, 0.5, 0.25])
-        weight = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)
-        return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), weight, stride=self.stride, groups=self.channels)
-
-
-def build_aa(config: VitzooResNetConfig, channels: int, stride: int) -> nn.Module:
-    """The anti-aliased downsampling that replaces a strided conv's stride (timm ``create_aa``)."""
-    if config.aa_type == "avgpool":
-        return nn.AvgPool2d(stride)
-    return BlurPool2d(channels, stride)
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """timm's channel rounding for SE (``round_limit=0``): the nearest multiple of ``divisor``, at least one."""
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
-
-
-class SqueezeExcite(nn.Module):
-    """timm ``SEModule``: channels gated by a two-layer MLP (1x1 convs) over their spatial mean."""
-
-    def __init__(self, channels: int, ratio: float) -> None:
-        super().__init__()
-        reduced = make_divisible(channels * ratio)
-        self.fc1 = nn.Conv2d(channels, reduced, 1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(reduced, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
-
-
-class EfficientChannelAttention(nn.Module):
-    """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count,
-    unless given: a pruned model keeps its unpruned parent's)."""
-
-    def __init__(self, channels: int, kernel: int | None = None) -> None:
-        super().__init__()
-        if kernel is None:
-            t = int(abs(math.log(channels, 2) + 1) / 2)
-            kernel = max(t if t % 2 else t + 1, 3)
-        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels = x.shape[:2]  # not -1 in the views: an empty batch leaves it undefined
-        gate = self.conv(x.mean((2, 3)).view(batch, 1, channels)).sigmoid()
-        return x * gate.view(batch, channels, 1, 1)
+def build_attention(config: VitzooResNetConfig, channels: int, eca_kernel: int | None) -> nn.Module | None:
+    """The block's channel attention after its last norm: SE (timm's ``SEModule``), ECA, or none."""
+    if config.attn_type == "se":
+        return SEModule(channels, make_divisible(channels * config.se_ratio, round_limit=0.0))
+    if config.attn_type == "eca":
+        return EfficientChannelAttention(channels, eca_kernel)
+    return None
 
 
 def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """The projection on a block's shortcut: a strided conv + norm, or (``avg_down``, ResNet-D) a 2x2 average pool
-    then a 1x1 conv + norm."""
     norm = build_norm(config, out_channels)
-    if config.avg_down:
-        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        return nn.Sequential(pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), norm)
-    kernel = config.down_kernel_size if stride > 1 else 1
-    padding = ((stride - 1) + (kernel - 1)) // 2
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False), norm)
+    return projection_shortcut(in_channels, out_channels, stride, norm, config.down_kernel_size, config.avg_down)
 
 
 class ResNetBlock(nn.Module):
@@ -136,16 +86,11 @@ class ResNetBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.build_branch(config, in_channels, out_channels, stride, inner)
-        if config.attn_type == "se":
-            self.se = SqueezeExcite(out_channels, config.se_ratio)
-        elif config.attn_type == "eca":
-            self.se = EfficientChannelAttention(out_channels, eca_kernel)
-        else:
-            self.se = None
+        self.se = build_attention(config, out_channels, eca_kernel)
         changes = stride != 1 or in_channels != out_channels
         self.downsample = build_shortcut(config, in_channels, out_channels, stride) if changes else None
         self.drop_path = DropPath(drop_path)
-        self.act_out = build_act(config)
+        self.act_out = act_layer(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -169,8 +114,8 @@ class BasicBlock(ResNetBlock):
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 3, 1 if use_aa else stride, 1, bias=False)
         self.bn1 = build_norm(config, first)
-        self.act1 = build_act(config)
-        self.aa = build_aa(config, first, stride) if use_aa else nn.Identity()
+        self.act1 = act_layer(config.hidden_act)
+        self.aa = anti_alias(config.aa_type, first, stride) if use_aa else nn.Identity()
         self.conv2 = nn.Conv2d(first, out_channels, 3, padding=1, bias=False)
         self.bn2 = build_norm(config, out_channels)
         self.bn2.last_in_block = True
@@ -199,12 +144,12 @@ class Bottleneck(ResNetBlock):
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 1, bias=False)
         self.bn1 = build_norm(config, first)
-        self.act1 = build_act(config)
+        self.act1 = act_layer(config.hidden_act)
         conv_stride = 1 if use_aa else stride
         self.conv2 = nn.Conv2d(first, width, 3, conv_stride, 1, groups=config.cardinality, bias=False)
         self.bn2 = build_norm(config, width)
-        self.act2 = build_act(config)
-        self.aa = build_aa(config, width, stride) if use_aa else nn.Identity()
+        self.act2 = act_layer(config.hidden_act)
+        self.aa = anti_alias(config.aa_type, width, stride) if use_aa else nn.Identity()
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = build_norm(config, out_channels)
         self.bn3.last_in_block = True
@@ -237,16 +182,16 @@ class VitzooResNetStem(nn.Module):
             self.conv1 = nn.Sequential(
                 nn.Conv2d(config.num_channels, first, 3, 2, 1, bias=False),
                 build_norm(config, first),
-                build_act(config),
+                act_layer(config.hidden_act),
                 nn.Conv2d(first, mid, 3, 1, 1, bias=False),
                 build_norm(config, mid),
-                build_act(config),
+                act_layer(config.hidden_act),
                 nn.Conv2d(mid, out, 3, 1, 1, bias=False),
             )
         else:
             self.conv1 = nn.Conv2d(config.num_channels, out, 7, 2, 3, bias=False)
         self.bn1 = build_norm(config, out)
-        self.act1 = build_act(config)
+        self.act1 = act_layer(config.hidden_act)
         self.avgpool_aa = config.aa_type == "avgpool"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,8 +219,8 @@ def build_stem_pool(config: VitzooResNetConfig) -> nn.Module:
     channels = config.stem_width
     if config.replace_stem_pool:
         conv = nn.Conv2d(channels, channels, 3, 1 if config.aa_type else 2, 1, bias=False)
-        aa = [build_aa(config, channels, 2)] if config.aa_type else []
-        return nn.Sequential(conv, *aa, build_norm(config, channels), build_act(config))
+        aa = [anti_alias(config.aa_type, channels, 2)] if config.aa_type else []
+        return nn.Sequential(conv, *aa, build_norm(config, channels), act_layer(config.hidden_act))
     if config.aa_type == "avgpool":
         return nn.AvgPool2d(2)
     if config.aa_type == "blurpool":
@@ -331,7 +276,7 @@ class VitzooResNetPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
             init.zeros_(module.weight)
 
 
-class VitzooResNetModel(StageModelMixin, VitzooResNetPreTrainedModel):
+class VitzooResNetModel(StageModelBase, VitzooResNetPreTrainedModel):
     """``last_hidden_state`` = timm ``forward_features`` (NCHW, stride 32); ``pooler_output`` = the pooled map
     (timm pre-logits); ``hidden_states`` = the stem (stride 2, or 4: ``stem_output``) then each stage."""
 
@@ -341,9 +286,31 @@ class VitzooResNetModel(StageModelMixin, VitzooResNetPreTrainedModel):
         self.stem_pool = build_stem_pool(config)
         rates = block_drop_rates(config)
         self.stages = nn.ModuleList(VitzooResNetStage(config, i, rates[i]) for i in range(len(config.depths)))
-        self.norm = nn.Identity()
-        self.pre_logits = nn.Identity()
         self.post_init()
+
+    def forward_stem(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's map is taken before its pool (timm ``features_only``) or, with ``stem_output="pool"``, after."""
+        hidden = self.stem(pixel_values)
+        if self.config.stem_output == "pool":
+            hidden = self.stem_pool(hidden)
+            return hidden, hidden
+        return hidden, self.stem_pool(hidden)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """stem -> stem pool -> stages; the final map pooled by ``global_pool``. Any input size runs directly;
+        ``interpolate_pos_encoding`` (the token families' switch for other sizes) is accepted and changes nothing."""
+        flags = stage_flags(self, output_attentions, output_hidden_states, return_dict)
+        last, states, _ = run_stages(self, pixel_values, lambda index: flags.hidden_states)
+        pool = self.config.global_pool
+        return stage_output(flags, last, self.pool(last, pool) if pool else None, states)
 
 
 class VitzooResNetForImageClassification(StageClassifierMixin, VitzooResNetPreTrainedModel):

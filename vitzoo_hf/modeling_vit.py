@@ -12,6 +12,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 
+from .attention_layers import MLP_TYPES, SelfAttention
+
 # Every sibling the family needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneMixin
 from .common_config import VitzooConfig  # noqa: F401
@@ -30,7 +32,7 @@ from .token_encoder import (
     layer_drop_rates,
     map_pool,
 )
-from .token_layers import MLP_TYPES, AttentionPoolLatent, SelfAttention
+from .token_layers import AttentionPoolLatent
 
 
 class VitzooViTLayer(GradientCheckpointingLayer, TransformerLayer):

@@ -1,14 +1,21 @@
-"""Building blocks stage families share: norms over the channels of NCHW maps (or channels-last tensors).
+"""The CNN building blocks stage families share, as timm keeps them in ``timm/layers`` and its EfficientNet blocks.
 
-timm's ``LayerNorm2d``/``RmsNorm2d``/``SimpleNorm2d`` and their channels-last twins, computed the way timm computes
-them, so that parity holds to the last bit where timm's own kernels allow.
+Channel norms over NCHW maps (or channels-last tensors), BatchNorm/GroupNorm with their activation, TF "SAME"
+padding convolutions, squeeze-excite and ECA channel attention, blur and average anti-aliasing, projection
+shortcuts, depthwise-separable and inverted-residual blocks, ``make_divisible``. Each computes what its timm twin
+computes, in the same order, under timm's module names (so a timm state dict loads by renaming prefixes only);
+``tests/test_layers.py`` holds each to its twin. Families pick them by config strings.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .common_layers import Activation, DropPath
 
 # The one list of channel norms: configs validate against it, ChannelNorm computes each.
 CHANNEL_NORMS = ("layernorm", "rmsnorm", "simplenorm")
@@ -43,4 +50,263 @@ class ChannelNorm(nn.Module):
         return x if self.channels_last else x.permute(0, 3, 1, 2)
 
 
-__all__ = ["CHANNEL_NORMS", "ChannelNorm"]
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """timm's channel rounding: the nearest multiple of ``divisor`` (at least ``min_value``, default the divisor),
+    one step up where rounding down would lose more than ``1 - round_limit`` of the value (ResNet's SE passes 0)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < round_limit * value else rounded
+
+
+def act_layer(name: str) -> nn.Module:
+    """An activation by ``ACT2FN`` name, in place as timm's CNNs run it: each overwrites a tensor nothing else reads.
+    ReLU always (its gradient needs only its output); others where no autograd graph needs their input."""
+    return nn.ReLU(inplace=True) if name == "relu" else Activation(name, inplace=True)
+
+
+MAP_NORMS = ("batchnorm", "groupnorm")
+
+
+def norm2d(kind: str, channels: int, eps: float = 1e-5, groups: int = 32) -> nn.Module:
+    """BatchNorm2d or GroupNorm over a map's channels (timm's ``norm_layer`` of its CNNs)."""
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels, eps=eps)
+    if kind == "groupnorm":
+        return nn.GroupNorm(groups, channels, eps=eps)
+    raise ValueError(f"Unknown map norm {kind!r}; expected one of {', '.join(map(repr, MAP_NORMS))}.")
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's ``BatchNormAct2d``: BatchNorm then an activation (None: none), one module with BatchNorm's own
+    parameter and statistic names."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, act: str | None = "relu") -> None:
+        super().__init__(channels, eps=eps)
+        self.act = act_layer(act) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Total padding TF's "SAME" adds along one side's length: the output is ceil(size / stride)."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's ``Conv2dSame``: TF "SAME" padding worked out per input size (the extra pixel, where the total is odd,
+    goes right and bottom), for the TF-ported weights (``tf_efficientnet_*``) whose strided convs need it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pad_w = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    same: bool = False,
+) -> nn.Conv2d:
+    """timm's ``create_conv2d``: symmetric padding (PyTorch style), or with ``same`` TF's "SAME" padding, static
+    where it does not depend on the input size (stride 1), else computed per call."""
+    if same and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel, stride, 0, dilation, groups, bias)
+    padding = ((stride - 1) + dilation * (kernel - 1)) // 2
+    return nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, groups, bias)
+
+
+class BlurPool2d(nn.Module):
+    """timm's ``BlurPool2d``: a 3x3 binomial blur (reflect padding) then subsampling. The filter is a constant
+    built on each call, so there is no buffer a checkpoint would lack."""
+
+    def __init__(self, channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = x.new_tensor([0.25, 0.5, 0.25])
+        weight = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)
+        return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), weight, stride=self.stride, groups=self.channels)
+
+
+AA_TYPES = ("avgpool", "blurpool")
+
+
+def anti_alias(kind: str, channels: int, stride: int) -> nn.Module:
+    """The anti-aliased downsampling that replaces a strided conv's stride (timm ``create_aa``)."""
+    if kind == "avgpool":
+        return nn.AvgPool2d(stride)
+    if kind == "blurpool":
+        return BlurPool2d(channels, stride)
+    raise ValueError(f"Unknown anti-aliasing {kind!r}; expected one of {', '.join(map(repr, AA_TYPES))}.")
+
+
+class SEModule(nn.Module):
+    """timm ``SEModule`` (ResNet's SE): channels gated by a two-layer MLP (1x1 convs ``fc1``/``fc2``) over their
+    spatial mean."""
+
+    def __init__(self, channels: int, reduced: int, act: str = "relu") -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = act_layer(act)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+
+
+class SqueezeExcite(nn.Module):
+    """timm's EfficientNet ``SqueezeExcite``: the same gate under its names (``conv_reduce``/``conv_expand``), with
+    the block's activation and a sigmoid or hard-sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int, act: str = "relu", gate: str = "sigmoid") -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.act1 = act_layer(act)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+        self.gate = F.hardsigmoid if gate == "hard_sigmoid" else torch.sigmoid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class EfficientChannelAttention(nn.Module):
+    """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count,
+    unless given: a pruned model keeps its unpruned parent's)."""
+
+    def __init__(self, channels: int, kernel: int | None = None) -> None:
+        super().__init__()
+        if kernel is None:
+            t = int(abs(math.log(channels, 2) + 1) / 2)
+            kernel = max(t if t % 2 else t + 1, 3)
+        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[:2]  # not -1 in the views: an empty batch leaves it undefined
+        gate = self.conv(x.mean((2, 3)).view(batch, 1, channels)).sigmoid()
+        return x * gate.view(batch, channels, 1, 1)
+
+
+def projection_shortcut(
+    in_channels: int, out_channels: int, stride: int, norm: nn.Module, kernel: int = 1, avg_down: bool = False
+) -> nn.Sequential:
+    """The projection on a residual block's shortcut where its shape changes: a strided conv + ``norm``, or
+    (``avg_down``, ResNet-D) a 2x2 average pool then a 1x1 conv + ``norm`` (timm ``downsample_conv``/``_avg``)."""
+    if avg_down:
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), norm)
+    kernel = kernel if stride > 1 else 1
+    padding = ((stride - 1) + (kernel - 1)) // 2
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False), norm)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """timm's ``DepthwiseSeparableConv`` (MobileNet/EfficientNet's first blocks): depthwise conv + norm-act, optional
+    squeeze-excite, pointwise conv + norm (an activation with ``pw_act``), then the residual where the shape
+    allows it. ``se`` is a built gate (or None)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        act: str = "relu",
+        se: nn.Module | None = None,
+        pw_act: bool = False,
+        skip: bool = True,
+        same: bool = False,
+        eps: float = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.has_skip = skip and stride == 1 and in_channels == out_channels
+        self.conv_dw = conv2d(in_channels, in_channels, kernel, stride, groups=in_channels, same=same)
+        self.bn1 = BatchNormAct2d(in_channels, eps, act)
+        self.se = se if se is not None else nn.Identity()
+        self.conv_pw = conv2d(in_channels, out_channels, 1)
+        self.bn2 = BatchNormAct2d(out_channels, eps, act if pw_act else None)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_dw(x)
+        x = self.bn1(x)
+        x = self.se(x)
+        x = self.conv_pw(x)
+        x = self.bn2(x)
+        return self.drop_path(x) + shortcut if self.has_skip else x
+
+
+class InvertedResidual(nn.Module):
+    """timm's ``InvertedResidual`` (MobileNetV2/V3, EfficientNet's MBConv): pointwise expansion + norm-act,
+    depthwise conv + norm-act, optional squeeze-excite, pointwise projection + norm, then the residual where the
+    shape allows it."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        act: str = "relu",
+        se: nn.Module | None = None,
+        skip: bool = True,
+        same: bool = False,
+        eps: float = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.has_skip = skip and stride == 1 and in_channels == out_channels
+        self.conv_pw = conv2d(in_channels, mid_channels, 1)
+        self.bn1 = BatchNormAct2d(mid_channels, eps, act)
+        self.conv_dw = conv2d(mid_channels, mid_channels, kernel, stride, groups=mid_channels, same=same)
+        self.bn2 = BatchNormAct2d(mid_channels, eps, act)
+        self.se = se if se is not None else nn.Identity()
+        self.conv_pwl = conv2d(mid_channels, out_channels, 1)
+        self.bn3 = BatchNormAct2d(out_channels, eps, None)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_pw(x)
+        x = self.bn1(x)
+        x = self.conv_dw(x)
+        x = self.bn2(x)
+        x = self.se(x)
+        x = self.conv_pwl(x)
+        x = self.bn3(x)
+        return self.drop_path(x) + shortcut if self.has_skip else x
+
+
+__all__ = [
+    "AA_TYPES",
+    "CHANNEL_NORMS",
+    "MAP_NORMS",
+    "BatchNormAct2d",
+    "BlurPool2d",
+    "ChannelNorm",
+    "Conv2dSame",
+    "DepthwiseSeparableConv",
+    "EfficientChannelAttention",
+    "InvertedResidual",
+    "SEModule",
+    "SqueezeExcite",
+    "act_layer",
+    "anti_alias",
+    "conv2d",
+    "make_divisible",
+    "norm2d",
+    "projection_shortcut",
+    "same_padding",
+]

@@ -1,15 +1,15 @@
-"""What the stage families (convnext, resnet, ...) share: the forwards over a stem and stages of NCHW maps.
+"""What the stage families (convnext, resnet, ...) share: the declared stage contract and the steps of its forwards.
 
-A stage family's modeling file builds ``stem``, optionally ``stem_pool`` (a downsampling after the stem's map is
-taken, ResNet's max pool; with ``config.stem_output == "pool"`` the map is taken after it), ``stages`` (one
-module per stage), ``norm`` (on the final map: timm ``forward_features``) and ``pre_logits`` (on the pooled
-vector: timm ``forward_head(pre_logits=True)``), and inherits the three forwards from :class:`StageModelMixin`,
+A stage family's base model derives from :class:`StageModelBase` (the contract: ``stem``, ``stages``,
+``forward_stem``, ``pool``, the map layout, whether stages compute attention) and writes its own ``forward`` from
+``stage_flags``, ``run_stages`` and ``stage_output``; its classifier and backbone take theirs from
 :class:`StageClassifierMixin` and :class:`StageBackboneMixin`. Fields read here are ``StageConfig``'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -24,16 +24,19 @@ NO_ATTENTIONS = (
     "This is a convolutional model: it has no attention maps, so output_attentions=True cannot be honoured. "
     "Leave output_attentions unset (or False); output_hidden_states=True gives the stem and every stage's map."
 )
+MAP_LAYOUTS = ("NCHW", "NHWC")
 
 
-def pool_maps(kind: str, feature_map: torch.Tensor) -> torch.Tensor:
-    """timm's ``SelectAdaptivePool2d`` (flattened) over (B, C, H, W): avg, max or their mean (avgmax)."""
+def pool_maps(kind: str, feature_map: torch.Tensor, layout: str = "NCHW") -> torch.Tensor:
+    """timm's ``SelectAdaptivePool2d`` (flattened) over (B, C, H, W), or (B, H, W, C) maps: avg, max or their
+    mean (avgmax)."""
+    dims = (2, 3) if layout == "NCHW" else (1, 2)
     if kind == "avg":
-        return feature_map.mean(dim=(2, 3))
+        return feature_map.mean(dim=dims)
     if kind == "max":
-        return feature_map.amax(dim=(2, 3))
+        return feature_map.amax(dim=dims)
     if kind == "avgmax":
-        return 0.5 * (feature_map.mean(dim=(2, 3)) + feature_map.amax(dim=(2, 3)))
+        return 0.5 * (feature_map.mean(dim=dims) + feature_map.amax(dim=dims))
     raise ValueError(f"Unknown pooling {kind!r} for a feature map; expected 'avg', 'max' or 'avgmax'.")
 
 
@@ -67,37 +70,71 @@ def init_stage_weights(module: nn.Module, std: float) -> None:
         init.constant_(module.gamma, module.init_value)
 
 
+class StageFlags(NamedTuple):
+    attentions: bool
+    hidden_states: bool
+    return_dict: bool
+
+
+class StageModelBase:
+    """The stage contract: what shared code may call on a stage family's base model, declared here.
+
+    A family's model builds ``stem`` and ``stages`` (an ``nn.ModuleList``; each stage maps its input to its output,
+    or, with ``stage_attentions``, is called ``stage(hidden, attend)`` and returns ``(hidden, attention maps)``),
+    defines ``forward_stem`` (and ``pool`` where pre-logits add a layer), and writes its ``forward`` in its own
+    file from the steps below (``stage_flags``, ``run_stages``, ``stage_output``). ``map_layout`` says whether
+    its maps are NCHW or NHWC (Swin's); the backbone gives NCHW either way."""
+
+    map_layout: ClassVar[str] = "NCHW"
+    stage_attentions: ClassVar[bool] = False
+
+    def forward_stem(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the stem's map: ``hidden_states[0]``, the input of the first stage)."""
+        raise NotImplementedError(f"{type(self).__name__} must define forward_stem")
+
+    def pool(self, last_hidden_state: torch.Tensor, kind: str) -> torch.Tensor:
+        """The pre-logits vector of the final map (timm ``forward_head(pre_logits=True)``), pooled by ``kind``."""
+        return pool_maps(kind, last_hidden_state, self.map_layout)
+
+    def attention_backend(self, output_attentions: bool) -> Callable | None:
+        """The attention function handed to every stage of a pass (``stage_attentions`` families define it)."""
+        return None
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.stem
+
+
 def stage_flags(
-    config, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
-) -> tuple[bool, bool]:
-    """``output_hidden_states`` and ``return_dict`` for this call; asking for attentions is refused."""
-    output_attentions, output_hidden_states, return_dict = output_flags(
-        config, output_attentions, output_hidden_states, return_dict
-    )
-    if output_attentions:
+    model: StageModelBase, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> StageFlags:
+    """The output flags of this call; attentions are refused where the stages compute none."""
+    flags = StageFlags(*output_flags(model.config, output_attentions, output_hidden_states, return_dict))
+    if flags.attentions and not model.stage_attentions:
         raise ValueError(NO_ATTENTIONS)
-    return output_hidden_states, return_dict
+    return flags
 
 
 def run_stages(
-    model: nn.Module, pixel_values: torch.Tensor, keep: Callable[[int], bool]
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The last map, and the maps ``keep`` asks for by index (0 = the stem, i = stage i). Only those are held:
-    every map held longer than needed makes the allocator take fresh pages (CPU time in page faults)."""
+    model: StageModelBase, pixel_values: torch.Tensor, keep: Callable[[int], bool], output_attentions: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The last map, the maps ``keep`` asks for by index (0 = the stem, i = stage i) and the attention maps of
+    every stage's blocks. Only the kept maps are held: every map held longer than needed makes the allocator take
+    fresh pages (CPU time in page faults)."""
     check_pixel_values(pixel_values, model.config.num_channels)
     # the model's dtype, as the token families' patch embedding casts (fp16 inputs to an fp32 model, and back)
     hidden = pixel_values.to(next(model.stem.parameters()).dtype)
+    attend = model.attention_backend(output_attentions)
+    attentions: list[torch.Tensor] = []
     try:
-        hidden = model.stem(hidden)
-        stem_pool = getattr(model, "stem_pool", None)
-        pooled_stem_map = stem_pool is not None and model.config.stem_output == "pool"
-        if pooled_stem_map:
-            hidden = stem_pool(hidden)
-        kept = [hidden] if keep(0) else []
-        if stem_pool is not None and not pooled_stem_map:  # reassigned at once: the stem's map is freed unless kept
-            hidden = stem_pool(hidden)
+        stem_map, hidden = model.forward_stem(hidden)
+        kept = [stem_map] if keep(0) else []
+        del stem_map  # freed unless kept
         for index, stage in enumerate(model.stages, start=1):
-            hidden = stage(hidden)
+            if model.stage_attentions:
+                hidden, weights = stage(hidden, attend)
+                attentions.extend(weights)
+            else:
+                hidden = stage(hidden)
             if keep(index):
                 kept.append(hidden)
     except RuntimeError as error:
@@ -108,47 +145,33 @@ def run_stages(
             f"A {height}x{width} input is too small for this model: a downsampling layer's map shrank below its "
             f"kernel. Use at least {model.config.strides[-1]} pixels a side (the model's total stride)."
         ) from error
-    return hidden, tuple(kept)
+    return hidden, tuple(kept), tuple(attentions) if output_attentions else ()
 
 
-class StageModelMixin:
-    """Forward of a stage family's base model: ``last_hidden_state`` = timm ``forward_features`` (the final
-    map, NCHW), ``pooler_output`` = timm pre-logits, ``hidden_states`` = the stem then every stage."""
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.stem
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        """Any input size runs directly; ``interpolate_pos_encoding`` (the token families' switch for other sizes)
-        is accepted and changes nothing, so code written for every family runs here."""
-        output_hidden_states, return_dict = stage_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
-        last, states = run_stages(self, pixel_values, lambda index: output_hidden_states)
-        last_hidden_state = self.norm(last)
-        pool = self.config.global_pool
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=self.pre_logits(pool_maps(pool, last_hidden_state)) if pool else None,
-            hidden_states=states if output_hidden_states else None,
-        )
-        return output if return_dict else output.to_tuple()
+def stage_output(
+    flags: StageFlags,
+    last_hidden_state: torch.Tensor,
+    pooled: torch.Tensor | None,
+    states: tuple[torch.Tensor, ...],
+    attentions: tuple[torch.Tensor, ...] = (),
+) -> BaseModelOutputWithPooling | tuple:
+    """The base model's output: ``last_hidden_state`` = timm ``forward_features``, ``pooler_output`` = pre-logits,
+    ``hidden_states`` = the stem then every stage, ``attentions`` where asked for and computed."""
+    output = BaseModelOutputWithPooling(
+        last_hidden_state=last_hidden_state,
+        pooler_output=pooled,
+        hidden_states=states if flags.hidden_states else None,
+        attentions=attentions if flags.attentions else None,
+    )
+    return output if flags.return_dict else output.to_tuple()
 
 
 class StageClassifierMixin(ImageClassifierMixin):
-    """``ForImageClassification`` of a stage family: ``head_pooling`` pools the final map, then ``pre_logits``.
-    The family calls ``init_head(config, width)`` with the width ``pre_logits`` gives."""
+    """``ForImageClassification`` of a stage family: ``head_pooling`` pools the final map through the base model's
+    ``pool``. The family calls ``init_head(config, width)`` with the width ``pool`` gives."""
 
     def pool_for_head(self, outputs: BaseModelOutputWithPooling, pooling: str) -> torch.Tensor:
-        return self.base_model.pre_logits(pool_maps(pooling, outputs.last_hidden_state))
+        return self.base_model.pool(outputs.last_hidden_state, pooling)
 
 
 class StageBackboneMixin(VitzooBackboneMixin):
@@ -172,24 +195,33 @@ class StageBackboneMixin(VitzooBackboneMixin):
         **kwargs,
     ) -> BackboneOutput | tuple:
         """``interpolate_pos_encoding`` is accepted and changes nothing, as in the base model."""
-        output_hidden_states, return_dict = stage_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
+        model = self.base_model
+        flags = stage_flags(model, output_attentions, output_hidden_states, return_dict)
         wanted = [stage in self.out_features for stage in self.stage_names]
-        _, states = run_stages(self.base_model, pixel_values, lambda index: output_hidden_states or wanted[index])
-        maps = tuple(states) if not output_hidden_states else tuple(s for s, w in zip(states, wanted, strict=True) if w)
-        output = BackboneOutput(feature_maps=maps, hidden_states=states if output_hidden_states else None)
-        return output if return_dict else output.to_tuple()
+        keep = lambda index: flags.hidden_states or wanted[index]  # noqa: E731
+        _, states, attentions = run_stages(model, pixel_values, keep, flags.attentions)
+        maps = tuple(states) if not flags.hidden_states else tuple(s for s, w in zip(states, wanted, strict=True) if w)
+        if model.map_layout == "NHWC":
+            maps = tuple(m.permute(0, 3, 1, 2) for m in maps)
+        output = BackboneOutput(
+            feature_maps=maps,
+            hidden_states=states if flags.hidden_states else None,
+            attentions=attentions if flags.attentions else None,
+        )
+        return output if flags.return_dict else output.to_tuple()
 
 
 __all__ = [
+    "MAP_LAYOUTS",
     "NO_ATTENTIONS",
     "StageBackboneMixin",
     "StageClassifierMixin",
-    "StageModelMixin",
+    "StageFlags",
+    "StageModelBase",
     "block_drop_rates",
     "init_stage_weights",
     "pool_maps",
     "run_stages",
     "stage_flags",
+    "stage_output",
 ]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from transformers.activations import ACT2FN
 
+from .attention_layers import MLP_TYPES
 from .common_config import VitzooConfig, check_choice
 from .common_layers import NORMS
-from .token_layers import MLP_TYPES
 
 # timm's global_pool names; heads may also read [class token, mean of patches] ("token_avg", DINOv2's probe).
 TOKEN_POOLS = ("token", "avg", "avgmax", "max", "map")

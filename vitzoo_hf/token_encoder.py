@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 
+from .attention_layers import SelfAttention, attention_function
 from .common_compat import init
 from .common_heads import ImageClassifierMixin
 from .common_layers import (
@@ -26,7 +27,7 @@ from .common_layers import (
     to_2tuple,
 )
 from .common_modeling import VitzooBackboneMixin
-from .token_layers import AttentionPoolLatent, PatchEmbed, SelfAttention, attention_function, resample_abs_pos_embed
+from .token_layers import AttentionPoolLatent, PatchEmbed, resample_abs_pos_embed
 
 
 class PatchTokenEmbeddings(nn.Module):
@@ -169,12 +170,11 @@ def encode(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], tuple[int, int]]:
     """Embeddings and blocks: last (un-normed) tokens, every block input/output, attentions, patch grid.
 
-    A RoPE module (``model.rope``) is evaluated once for the grid; a per-block table (RoPE-Mixed) is split
-    across the blocks.
+    The model's position table (``position_table``: a RoPE table, or None) is computed once for the grid; a
+    per-block table (RoPE-Mixed) is split across the blocks.
     """
     hidden, grid = model.embeddings(pixel_values, interpolate_pos_encoding)
-    rope_module = getattr(model, "rope", None)
-    rope = rope_module(grid, hidden.device) if rope_module is not None else None
+    rope = model.position_table(grid, hidden.device)
     per_block = rope is not None and rope.ndim == 4
     hidden = model.norm_pre(hidden)
     attend = attention_function(model.config._attn_implementation, output_attentions)
@@ -227,7 +227,11 @@ def pool_tokens(
 class TokenModelMixin:
     """Forward of a token family's base model: ``last_hidden_state`` = timm ``forward_features``,
     ``pooler_output`` = timm pre-logits. Expects ``embeddings``, ``norm_pre``, ``blocks``, ``norm``, ``attn_pool``,
-    ``fc_norm`` (and optionally ``rope``)."""
+    ``fc_norm``; a family with rotary positions defines ``position_table``."""
+
+    def position_table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+        """The table every block's attention rotates queries and keys by, for this grid (None: no RoPE)."""
+        return None
 
     def pooled_output(self, last_hidden_state: torch.Tensor) -> torch.Tensor | None:
         """timm ``forward_head(x, pre_logits=True)``: the configured global pool, then fc_norm."""
