@@ -1,11 +1,20 @@
-"""The config base every vitzoo family inherits: input, classification head, backbone outputs, init.
+"""The config base every vitzoo family inherits: declared fields, input, classification head, backbone outputs.
 
-Each field is written once, in the base that owns it (this file, ``token_config.py`` or ``stage_config.py``);
-a family config adds only its own fields. ``from_dict`` upgrades ``config.json`` files written by earlier
-releases, so published folders keep loading into the current classes. See docs/ARCHITECTURE.md.
+A config's fields are declared once each, in the class that owns them (this file, ``token_config.py``,
+``stage_config.py`` or the family's): a :class:`Field` with its default, one line of doc and the values it takes.
+``VitzooConfig.__init__`` assigns and checks every declared field of the class and its bases, then runs
+``check_fields`` (the checks across fields, each class adding its own); the class docstring and signature are
+generated from the declarations. This runs the same under transformers 4.57 and 5.x (5.x's dataclass configs are
+not used: a family config never annotates a field). ``from_dict`` upgrades ``config.json`` files written by
+earlier releases, so published folders keep loading into the current classes. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
@@ -23,68 +32,99 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}.")
 
 
-class VitzooConfig(BackboneConfigMixin, PretrainedConfig):
-    r"""Options of every family (family configs document their architecture fields).
+@dataclass(frozen=True)
+class Field:
+    """One config field: its ``default`` (a function of the config for a default that follows other fields, such
+    as a stem width from the stem type), one line of ``doc`` (timm's argument in brackets where the name differs)
+    and, for a field with a fixed vocabulary, its ``choices``. Tuples and lists are stored as lists (JSON)."""
 
-    Input: ``image_size`` (pretrained input size), ``num_channels``. Training: ``drop_path_rate``,
-    ``initializer_range``. Head of ``ForImageClassification``: ``head_type`` ("linear", "mlp", "none"),
-    ``head_pooling`` (None = the model's own pooler output; else one of the family's ``head_poolings``),
-    ``head_hidden_sizes``, ``head_act``, ``head_dropout``, ``head_norm``, ``freeze_backbone``; the loss follows
-    ``problem_type``. Backbone: ``out_features``/``out_indices`` over the family's ``stage_names``.
-    """
+    default: Any
+    doc: str
+    choices: tuple | Mapping | None = None
+
+    def value(self, name: str, given: Any, config: VitzooConfig) -> Any:
+        """The value to store: ``given``, or the default (computed from ``config`` where it is derived); checked."""
+        value = given
+        if given is DEFAULT:
+            value = self.default(config) if callable(self.default) else self.default
+        if self.choices is not None:
+            check_choice(name, value, self.choices)
+        return list(value) if isinstance(value, tuple) else value
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+DEFAULT = _Default()  # a field not given: its declared default applies
+
+
+class VitzooConfig(BackboneConfigMixin, PretrainedConfig):
+    r"""Options of every family (family configs add their architecture fields). The loss of
+    ``ForImageClassification`` follows ``problem_type``; the backbone's ``out_features``/``out_indices`` choose
+    among the family's ``stage_names``."""
 
     model_type = "vitzoo"
     # Pools a head may read besides the model's own pooler output; a family base sets them.
     head_poolings = ()
+    config_fields: ClassVar[dict[str, Field]] = dict(
+        image_size=Field(224, "pretrained input size, or [height, width]"),
+        num_channels=Field(3, "input channels [in_chans]"),
+        drop_path_rate=Field(0.0, "stochastic depth, rising linearly to this over the blocks"),
+        initializer_range=Field(0.02, "std of the truncated-normal init of new weights"),
+        head_type=Field(
+            "linear", "ForImageClassification's head: linear, MLP, or none (the pooled features)", HEAD_TYPES
+        ),
+        head_pooling=Field(None, "what the head reads: None, the model's pooler output; else one of head_poolings"),
+        head_hidden_sizes=Field((), "widths of an MLP head's hidden layers"),
+        head_act=Field("gelu", "activation of an MLP head", ACT2FN),
+        head_dropout=Field(0.0, "dropout before the classifier"),
+        head_norm=Field(False, "a norm on the pooled features before the head"),
+        freeze_backbone=Field(False, "train the head only (every backbone parameter frozen, also after loading)"),
+    )
 
-    def __init__(
-        self,
-        image_size: int | list[int] = 224,
-        num_channels: int = 3,
-        drop_path_rate: float = 0.0,
-        initializer_range: float = 0.02,
-        head_type: str = "linear",
-        head_pooling: str | None = None,
-        head_hidden_sizes: list[int] | None = None,
-        head_act: str = "gelu",
-        head_dropout: float = 0.0,
-        head_norm: bool = False,
-        freeze_backbone: bool = False,
-        out_features: list[str] | None = None,
-        out_indices: list[int] | None = None,
-        **kwargs,
-    ) -> None:
-        check_choice("head_type", head_type, HEAD_TYPES)
-        if head_pooling in RENAMED_POOLINGS:
-            raise ValueError(
-                f"head_pooling={head_pooling!r} is now called {RENAMED_POOLINGS[head_pooling]!r} (one vocabulary "
-                "with global_pool); config.json files that use the old name are upgraded when loaded."
-            )
-        check_choice("head_pooling", head_pooling, (None, *self.head_poolings))
-        check_choice("head_act", head_act, ACT2FN)
-        self.image_size = image_size
-        self.num_channels = num_channels
-        self.drop_path_rate = drop_path_rate
-        self.initializer_range = initializer_range
-        self.head_type = head_type
-        self.head_pooling = head_pooling
-        self.head_hidden_sizes = list(head_hidden_sizes or [])
-        self.head_act = head_act
-        self.head_dropout = head_dropout
-        self.head_norm = head_norm
-        self.freeze_backbone = freeze_backbone
+    def __init__(self, out_features: list[str] | None = None, out_indices: list[int] | None = None, **kwargs) -> None:
+        fields = type(self).declared_fields()
+        given = {name: kwargs.pop(name) for name in fields if name in kwargs}
+        derived = [name for name, field in fields.items() if callable(field.default) and name not in given]
+        for name, field in fields.items():  # given and plain defaults first: a derived default may read any of them
+            if name not in derived:
+                setattr(self, name, field.value(name, given.get(name, DEFAULT), self))
+        for name in derived:
+            setattr(self, name, fields[name].value(name, DEFAULT, self))
+        self.check_fields()
         self.stage_names = self.backbone_stage_names()
         set_backbone_outputs(self, out_features, out_indices)
         kwargs.setdefault("auto_map", self.auto_map_entries())
         super().__init__(**kwargs)
 
+    def check_fields(self) -> None:
+        """Checks across fields (one field's choices are checked when it is set); a class extends it."""
+        if self.head_pooling in RENAMED_POOLINGS:
+            raise ValueError(
+                f"head_pooling={self.head_pooling!r} is now called {RENAMED_POOLINGS[self.head_pooling]!r} (one "
+                "vocabulary with global_pool); config.json files that use the old name are upgraded when loaded."
+            )
+        check_choice("head_pooling", self.head_pooling, (None, *self.head_poolings))
+
     def __init_subclass__(cls, **kwargs) -> None:
         """transformers 5 gives a config class without its own ``__init__`` a generated one that skips the
-        inherited fields; a family config that only sets ``model_type`` must inherit ours instead."""
+        inherited fields; a family config inherits ours instead. Its docstring and signature list its fields."""
         inherits_init = "__init__" not in cls.__dict__
         super().__init_subclass__(**kwargs)
         if inherits_init and "__init__" in cls.__dict__:
             del cls.__init__
+        document_fields(cls)
+
+    @classmethod
+    def declared_fields(cls) -> dict[str, Field]:
+        """Every field of the class and its bases, bases first; a class may declare a base's field again to give
+        it another default."""
+        fields: dict[str, Field] = {}
+        for klass in reversed(cls.__mro__):
+            fields.update(vars(klass).get("config_fields", {}))
+        return fields
 
     def backbone_stage_names(self) -> list[str]:
         """``stem`` then one name per block or stage, in forward order; a family base defines them."""
@@ -125,4 +165,34 @@ class VitzooConfig(BackboneConfigMixin, PretrainedConfig):
         return super().from_dict(cls.upgrade_saved_fields(fields), **kwargs)
 
 
-__all__ = ["AUTO_CLASS_NAMES", "VitzooConfig", "check_choice"]
+def document_fields(cls: type[VitzooConfig]) -> None:
+    """The class docstring's field list and the class signature, from the declarations (its own fields first)."""
+    fields = cls.declared_fields()
+    own = list(vars(cls).get("config_fields", {}))
+    order = own + [name for name in fields if name not in own]
+    lines = []
+    for name in order:
+        field = fields[name]
+        default = "derived" if callable(field.default) else repr(field.default)
+        lines.append(f"    ``{name}`` ({default}): {field.doc}.")
+    summary = inspect.cleandoc(vars(cls).get("__doc__") or "").split("\nFields:")[0]
+    cls.__doc__ = f"{summary}\n\nFields:\n" + "\n".join(lines)
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=DEFAULT if callable(fields[name].default) else fields[name].default,
+        )
+        for name in order
+    ]
+    extra = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in ("out_features", "out_indices")
+    ]
+    cls.__signature__ = inspect.Signature(
+        [*parameters, *extra, inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+    )
+
+
+document_fields(VitzooConfig)
+
+__all__ = ["AUTO_CLASS_NAMES", "DEFAULT", "Field", "VitzooConfig", "check_choice"]

@@ -7,7 +7,7 @@ from transformers.activations import ACT2FN
 
 # Every sibling the config needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneConfigMixin  # noqa: F401
-from .common_config import VitzooConfig, check_choice  # noqa: F401
+from .common_config import Field, VitzooConfig  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import Activation  # noqa: F401
 from .stage_config import StageConfig
@@ -17,64 +17,38 @@ STEM_TYPES = ("patch", "overlap", "overlap_tiered", "overlap_act")
 
 
 class VitzooConvNextConfig(StageConfig):
-    r"""A timm ConvNeXt: the stage-family fields (see ``StageConfig``; ``hidden_sizes`` is timm's ``dims``) plus
-    (timm argument in brackets) ``stem_type`` ("patch": one strided conv; "overlap", "overlap_tiered",
-    "overlap_act": two 3x3 stride-2 convs, the ``_ols`` models), ``patch_size`` (patch stem),
-    ``stem_mid_channels`` (overlap stems' first conv; None: ``hidden_sizes[0]``), ``kernel_sizes`` (depthwise
-    kernel per stage), ``mlp_ratio``, ``conv_mlp`` (1x1 convs and NCHW norms instead of Linear layers on
-    channels-last tensors), ``conv_bias``, ``use_grn`` (ConvNeXt-V2's global response norm),
-    ``layer_scale_init_value`` [ls_init_value; None: no LayerScale], ``hidden_act`` [act_layer], ``norm_type``
-    ("layernorm", "rmsnorm", "simplenorm") and ``layer_norm_eps`` [norm_layer, norm_eps], ``head_norm_first``
-    (the final norm on the map before pooling, the ``_hnf`` models; else after pooling), ``head_hidden_size``
-    (an MLP pre-logits layer, the ``_mlp`` models).
-
-    ``pooler_output`` is timm's pre-logits: pool, norm (unless ``head_norm_first``), then the MLP if any.
-    """
+    r"""A timm ConvNeXt: the stage-family fields (``hidden_sizes`` is timm's ``dims``) plus ConvNeXt's own.
+    ``pooler_output`` is timm's pre-logits: pool, norm (unless ``head_norm_first``), then the MLP if any."""
 
     model_type = "vitzoo_convnext"
+    config_fields = dict(
+        stem_type=Field(
+            "patch",
+            '"patch" (one strided conv) or two 3x3 stride-2 convs: "overlap", "overlap_tiered", "overlap_act"',
+            STEM_TYPES,
+        ),
+        patch_size=Field(4, "the patch stem's kernel and stride"),
+        stem_mid_channels=Field(None, "overlap stems' first conv; None: hidden_sizes[0]"),
+        kernel_sizes=Field((7, 7, 7, 7), "depthwise kernel per stage"),
+        mlp_ratio=Field(4.0, "MLP width over block width"),
+        conv_mlp=Field(False, "1x1 convs and NCHW norms instead of Linear layers on channels-last tensors"),
+        conv_bias=Field(True, "bias of the depthwise conv"),
+        use_grn=Field(False, "ConvNeXt-V2's global response norm in the MLP"),
+        layer_scale_init_value=Field(1e-6, "LayerScale's initial value; None: no LayerScale [ls_init_value]"),
+        hidden_act=Field("gelu", "MLP activation [act_layer]", ACT2FN),
+        norm_type=Field("layernorm", '"layernorm", "rmsnorm" or "simplenorm" [norm_layer]', CHANNEL_NORMS),
+        layer_norm_eps=Field(1e-6, "norm epsilon [norm_eps]"),
+        head_norm_first=Field(False, "the final norm on the map before pooling (the _hnf models); else after"),
+        head_hidden_size=Field(None, "an MLP pre-logits layer's width (the _mlp models)"),
+        stem_stride=Field(lambda config: config.patch_size if config.stem_type == "patch" else 4, "stem stride"),
+    )
 
-    def __init__(
-        self,
-        stem_type: str = "patch",
-        patch_size: int = 4,
-        stem_mid_channels: int | None = None,
-        kernel_sizes: list[int] = (7, 7, 7, 7),
-        mlp_ratio: float = 4.0,
-        conv_mlp: bool = False,
-        conv_bias: bool = True,
-        use_grn: bool = False,
-        layer_scale_init_value: float | None = 1e-6,
-        hidden_act: str = "gelu",
-        norm_type: str = "layernorm",
-        layer_norm_eps: float = 1e-6,
-        head_norm_first: bool = False,
-        head_hidden_size: int | None = None,
-        **kwargs,
-    ) -> None:
-        check_choice("stem_type", stem_type, STEM_TYPES)
-        check_choice("norm_type", norm_type, CHANNEL_NORMS)
-        check_choice("hidden_act", hidden_act, ACT2FN)
-        if head_norm_first and head_hidden_size:
+    def check_fields(self) -> None:
+        if self.head_norm_first and self.head_hidden_size:
             raise ValueError("head_hidden_size (an MLP pre-logits layer) needs head_norm_first=False, as in timm.")
-        kernel_sizes = list(kernel_sizes)
-        if len(kernel_sizes) != len(kwargs.get("depths", (3, 3, 9, 3))):
-            raise ValueError(f"kernel_sizes lists {len(kernel_sizes)} values; give one per stage.")
-        kwargs.setdefault("stem_stride", patch_size if stem_type == "patch" else 4)
-        self.stem_type = stem_type
-        self.patch_size = patch_size
-        self.stem_mid_channels = stem_mid_channels
-        self.kernel_sizes = kernel_sizes
-        self.mlp_ratio = mlp_ratio
-        self.conv_mlp = conv_mlp
-        self.conv_bias = conv_bias
-        self.use_grn = use_grn
-        self.layer_scale_init_value = layer_scale_init_value
-        self.hidden_act = hidden_act
-        self.norm_type = norm_type
-        self.layer_norm_eps = layer_norm_eps
-        self.head_norm_first = head_norm_first
-        self.head_hidden_size = head_hidden_size
-        super().__init__(**kwargs)
+        if len(self.kernel_sizes) != len(self.depths):
+            raise ValueError(f"kernel_sizes lists {len(self.kernel_sizes)} values; give one per stage.")
+        super().check_fields()
 
     @property
     def pooled_width(self) -> int:

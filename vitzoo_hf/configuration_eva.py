@@ -10,7 +10,7 @@ from .attention_layers import MLP_TYPES  # noqa: F401
 
 # Every sibling the config needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneConfigMixin  # noqa: F401
-from .common_config import check_choice
+from .common_config import Field, VitzooConfig  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import NORMS  # noqa: F401
 from .token_config import TokenConfig
@@ -22,72 +22,44 @@ COORD_NORMALIZATIONS = ("separate", "min", "max")
 
 
 class VitzooEvaConfig(TokenConfig):
-    r"""A timm ``Eva`` model: the token-family fields (see ``TokenConfig``) plus (timm argument in brackets)
-    ``attention_type`` ("eva" = EvaAttention: key without bias; "rope" = AttentionRope), ``qkv_fused``,
-    ``num_key_value_heads`` [num_kv_heads; an int, or one per block, for grouped-query attention],
-    ``attn_only_layer_scale``, ``attn_pool_num_heads``, ``attn_pool_intermediate_size``, and the RoPE:
-    ``rope_type`` (None, "cat" = EVA02/PE, "dinov3", "mixed" = RoPE-Mixed), ``rope_temperature``,
-    ``rope_grid_offset``, ``rope_grid_indexing``, ``rope_rotate_half``, ``rope_ref_grid`` [ref_feat_shape],
-    ``rope_normalize_coords``, and DINOv3's training-time ``rope_shift_coords``/``rope_jitter_coords``/
-    ``rope_rescale_coords``. timm's ``Eva`` attention pool reads the prefix tokens too, so
-    ``pool_include_prefix`` defaults to ``global_pool == "map"`` here.
-
-    ``pooler_output`` follows ``global_pool``; DINOv3 conversions set ``"token"`` (the normed CLS token, as
-    upstream DINOv3 and transformers' DINOv3ViTModel give it). ``head_pooling="avg"`` keeps the avg view.
-    """
+    r"""A timm ``Eva`` model: the token-family fields plus Eva's own. ``pooler_output`` follows ``global_pool``;
+    DINOv3 conversions set ``"token"`` (the normed CLS token, as upstream DINOv3 and transformers' DINOv3ViTModel
+    give it). ``head_pooling="avg"`` keeps the avg view."""
 
     model_type = "vitzoo_eva"
+    config_fields = dict(
+        attention_type=Field(
+            "eva", '"eva" (EvaAttention: key without bias) or "rope" (AttentionRope)', ATTENTION_TYPES
+        ),
+        qkv_fused=Field(True, "one qkv projection (else q/k/v apart)"),
+        num_key_value_heads=Field(None, "grouped-query heads: an int, or one per block [num_kv_heads]"),
+        attn_only_layer_scale=Field(False, "LayerScale on the attention branch only"),
+        attn_pool_num_heads=Field(None, "heads of the attention pool; None: num_attention_heads"),
+        attn_pool_intermediate_size=Field(None, "MLP width of the attention pool; None: intermediate_size"),
+        rope_type=Field(None, 'rotary embedding: None, "cat" (EVA02/PE), "dinov3", "mixed" (RoPE-Mixed)', ROPE_TYPES),
+        rope_temperature=Field(10000.0, "RoPE base"),
+        rope_grid_offset=Field(0.0, "offset of the RoPE patch coordinates"),
+        rope_grid_indexing=Field("ij", "RoPE grid order", GRID_INDEXING),
+        rope_rotate_half=Field(False, "rotate halves (else interleaved pairs)"),
+        rope_ref_grid=Field(None, "the grid RoPE coordinates are scaled to [ref_feat_shape]"),
+        rope_normalize_coords=Field("separate", "DINOv3 coordinate normalisation", COORD_NORMALIZATIONS),
+        rope_shift_coords=Field(None, "DINOv3 training-time coordinate shift"),
+        rope_jitter_coords=Field(None, "DINOv3 training-time coordinate jitter"),
+        rope_rescale_coords=Field(None, "DINOv3 training-time coordinate rescale"),
+        # timm's Eva attention pool reads the prefix tokens too
+        pool_include_prefix=Field(lambda config: config.global_pool == "map", "pools read the prefix tokens too"),
+    )
 
-    def __init__(
-        self,
-        attention_type: str = "eva",
-        qkv_fused: bool = True,
-        num_key_value_heads: int | list[int] | None = None,
-        attn_only_layer_scale: bool = False,
-        attn_pool_num_heads: int | None = None,
-        attn_pool_intermediate_size: int | None = None,
-        rope_type: str | None = None,
-        rope_temperature: float = 10000.0,
-        rope_grid_offset: float = 0.0,
-        rope_grid_indexing: str = "ij",
-        rope_rotate_half: bool = False,
-        rope_ref_grid: list[int] | None = None,
-        rope_normalize_coords: str = "separate",
-        rope_shift_coords: float | None = None,
-        rope_jitter_coords: float | None = None,
-        rope_rescale_coords: float | None = None,
-        **kwargs,
-    ) -> None:
-        check_choice("attention_type", attention_type, ATTENTION_TYPES)
-        check_choice("rope_type", rope_type, ROPE_TYPES)
-        check_choice("rope_grid_indexing", rope_grid_indexing, GRID_INDEXING)
-        check_choice("rope_normalize_coords", rope_normalize_coords, COORD_NORMALIZATIONS)
-        if rope_type == "mixed" and rope_rotate_half:
+    def check_fields(self) -> None:
+        if self.rope_type == "mixed" and self.rope_rotate_half:
             raise ValueError("rope_type='mixed' uses the interleaved layout: set rope_rotate_half=False.")
-        depth = kwargs.get("num_hidden_layers", 12)
-        if isinstance(num_key_value_heads, list) and len(num_key_value_heads) != depth:
-            raise ValueError(f"num_key_value_heads lists {len(num_key_value_heads)} values for {depth} blocks.")
-        grouped = num_key_value_heads is not None and num_key_value_heads != kwargs.get("num_attention_heads", 12)
-        if grouped and (qkv_fused or attention_type != "rope"):
+        heads, depth = self.num_key_value_heads, self.num_hidden_layers
+        if isinstance(heads, list) and len(heads) != depth:
+            raise ValueError(f"num_key_value_heads lists {len(heads)} values for {depth} blocks.")
+        grouped = heads is not None and heads != self.num_attention_heads
+        if grouped and (self.qkv_fused or self.attention_type != "rope"):
             raise ValueError("Grouped-query attention needs attention_type='rope' and qkv_fused=False.")
-        kwargs.setdefault("pool_include_prefix", kwargs.get("global_pool", "token") == "map")
-        self.attention_type = attention_type
-        self.qkv_fused = qkv_fused
-        self.num_key_value_heads = num_key_value_heads
-        self.attn_only_layer_scale = attn_only_layer_scale
-        self.attn_pool_num_heads = attn_pool_num_heads
-        self.attn_pool_intermediate_size = attn_pool_intermediate_size
-        self.rope_type = rope_type
-        self.rope_temperature = rope_temperature
-        self.rope_grid_offset = rope_grid_offset
-        self.rope_grid_indexing = rope_grid_indexing
-        self.rope_rotate_half = rope_rotate_half
-        self.rope_ref_grid = list(rope_ref_grid) if rope_ref_grid is not None else None
-        self.rope_normalize_coords = rope_normalize_coords
-        self.rope_shift_coords = rope_shift_coords
-        self.rope_jitter_coords = rope_jitter_coords
-        self.rope_rescale_coords = rope_rescale_coords
-        super().__init__(**kwargs)
+        super().check_fields()
 
     def kv_heads(self, layer: int) -> int:
         heads = self.num_key_value_heads

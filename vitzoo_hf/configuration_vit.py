@@ -10,33 +10,28 @@ from .attention_layers import MLP_TYPES  # noqa: F401
 
 # Every sibling the config needs is imported here by name: some transformers releases copy only direct imports.
 from .common_compat import BackboneConfigMixin  # noqa: F401
-from .common_config import VitzooConfig  # noqa: F401
+from .common_config import Field, VitzooConfig  # noqa: F401
 from .common_heads import HEAD_TYPES  # noqa: F401
 from .common_layers import NORMS  # noqa: F401
 from .token_config import TokenConfig, norms_after_pooling
 
 
 class VitzooViTConfig(TokenConfig):
-    r"""A timm Vision Transformer: the token-family fields (see ``TokenConfig``: architecture, head, backbone)
-    plus ``proj_bias`` (biases of the attention output and MLP projections) and ``distilled`` (DeiT's
-    distillation token and second head; logits average both heads, as timm's eval does).
-    """
+    r"""A timm Vision Transformer: the token-family fields plus ViT's own."""
 
     model_type = "vitzoo_vit"
+    config_fields = dict(
+        proj_bias=Field(True, "biases of the attention output and MLP projections"),
+        distilled=Field(False, "DeiT's distillation token and second head (logits average both, as timm's eval)"),
+    )
 
-    def __init__(self, proj_bias: bool = True, distilled: bool = False, **kwargs) -> None:
-        if distilled and (
-            not kwargs.get("class_token", True)
-            or kwargs.get("global_pool", "token") != "token"
-            or kwargs.get("num_register_tokens", 0)
-        ):
+    def check_fields(self) -> None:
+        if self.distilled and (not self.class_token or self.global_pool != "token" or self.num_register_tokens):
             raise ValueError(
                 "distilled=True (DeiT) reads the class and distillation tokens: it needs class_token=True, "
                 "global_pool='token' and no register tokens."
             )
-        self.proj_bias = proj_bias
-        self.distilled = distilled
-        super().__init__(**kwargs)
+        super().check_fields()
 
     @property
     def num_prefix_tokens(self) -> int:
