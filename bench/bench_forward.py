@@ -50,11 +50,11 @@ def build(name: str, port: str, attn: str, device: str, dtype: torch.dtype):
     if "dinov3" in name:
         kwargs["global_pool"] = "token"
     reference = timm.create_model(name, pretrained=False, **kwargs).eval()
-    family = family_for(reference)
-    config = family.config_from_timm(reference)
+    hooks = family_for(reference)
+    config = hooks.config_from_timm(reference)
     config._attn_implementation = attn
-    ours = family.model(config)
-    ours.load_state_dict(family.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
+    ours = hooks.family.model(config)
+    ours.load_state_dict(hooks.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
     native = PORTS[port](reference, attn)
     for module in reference.modules():  # timm's own switch between fused (sdpa) and explicit attention
         if hasattr(module, "fused_attn"):

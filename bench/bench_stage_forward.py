@@ -57,9 +57,9 @@ def build(name: str, kwargs: dict, port: str, device: str, dtype: torch.dtype, c
         for tensor in reference.state_dict().values():
             if tensor.is_floating_point():  # not BatchNorm's batch counter
                 tensor.add_(torch.randn_like(tensor) * 0.02)
-    family = family_for(reference)
-    ours = family.model(family.config_from_timm(reference))
-    ours.load_state_dict(family.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
+    hooks = family_for(reference)
+    ours = hooks.family.model(hooks.config_from_timm(reference))
+    ours.load_state_dict(hooks.convert_state_dict(reference.state_dict(), with_head=False), strict=True)
     native = PORTS[port](reference)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return [m.to(device=device, dtype=dtype, memory_format=memory_format).eval() for m in (reference, ours, native)]

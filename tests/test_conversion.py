@@ -12,8 +12,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+import vitzoo_hf
 from conversion.convert_timm import ConversionError, convert
-from tests.helpers import perturb
+from tests.helpers import code_files, perturb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,24 +42,8 @@ def test_cli_converts_and_verifies(tmp_path: Path, name: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verified in a clean process" in result.stdout
     files = sorted(p.name for p in out.iterdir())
-    assert files == [
-        "README.md",
-        "common_compat.py",
-        "common_config.py",
-        "common_heads.py",
-        "common_layers.py",
-        "common_modeling.py",
-        "config.json",
-        "configuration_vit.py",
-        "image_processing_vitzoo.py",
-        "model.safetensors",
-        "modeling_vit.py",
-        "preprocessor_config.json",
-        "token_config.py",
-        "token_encoder.py",
-        "token_layers.py",
-        "vitzoo_parity.json",
-    ]
+    folder_files = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "vitzoo_parity.json"]
+    assert files == sorted([*folder_files, *code_files(vitzoo_hf.FAMILIES["vit"])])
     config = json.loads((out / "config.json").read_text())
     assert config["timm_model_name"] == name and config["timm_pretrained_tag"] == "r160_in1k"
     assert config["id2label"]["0"] == "tench, Tinca tinca" and len(config["id2label"]) == 1000
@@ -129,18 +114,18 @@ def test_truncated_checkpoint_and_existing_dir(tmp_path: Path) -> None:
 def test_failed_parity_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
     """A mapping bug that names and shapes cannot reveal (two blocks' projections swapped) must stop the
     conversion through the numeric check, not ship."""
-    import conversion.vit as module
+    from conversion.vit import ViTHooks
 
-    real = module.convert_key
+    real = ViTHooks.convert_key
     swap = {
         "blocks.0.attn.proj.weight": "blocks.1.attn.proj.weight",
         "blocks.1.attn.proj.weight": "blocks.0.attn.proj.weight",
     }
 
-    def buggy(key: str, with_head: bool = True) -> str | None:
-        return real(swap.get(key, key), with_head)
+    def buggy(self, key: str, with_head: bool = True) -> str | None:
+        return real(self, swap.get(key, key), with_head)
 
-    monkeypatch.setattr(module, "convert_key", buggy)
+    monkeypatch.setattr(ViTHooks, "convert_key", buggy)
     with pytest.raises(ConversionError, match="Parity check failed"):
         convert("test_vit", tmp_path / "out", checkpoint=timm_checkpoint(tmp_path))
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -166,14 +151,14 @@ def test_dinov3_7b_config_builds_on_meta_with_timms_parameter_count() -> None:
     from conversion.convert_timm import family_of
 
     name = "vit_7b_patch16_dinov3"
-    family = family_of(name)
+    hooks = family_of(name)
     with torch.device("meta"):
-        timm_model = timm.create_model(name, pretrained=False, **family.reference_kwargs(name))
-        config = family.config_from_timm(timm_model)
-        model = family.model(config)
+        timm_model = timm.create_model(name, pretrained=False, **hooks.reference_kwargs(name))
+        config = hooks.config_from_timm(timm_model)
+        model = hooks.family.model(config)
     assert config.global_pool == "token" and config.rope_type == "dinov3" and config.intermediate_size % 64 == 0
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in family.convert_state_dict(timm_model.state_dict(), False).items()}
+    theirs = {k: tuple(v.shape) for k, v in hooks.convert_state_dict(timm_model.state_dict(), False).items()}
     assert ours == theirs
     assert sum(p.numel() for p in model.parameters()) > 6.5e9
 
@@ -319,4 +304,18 @@ def test_each_variant_converts_end_to_end(tag: str) -> None:
     assert tag in timm.list_models(pretrained=True), f"{tag} is no longer a timm pretrained tag"
     _, ok, detail, _ = sweep_one(tag, depth=1)
     assert ok, detail
+    assert float(detail.split()[-1]) <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(vitzoo_hf.FAMILIES))
+def test_every_family_converts_its_first_real_tag_cut_out_of_the_built_model(name: str) -> None:
+    """Each registered family, through the sweep's path (the tag built bare with its own pretrained config, cut to
+    one block per group by the family's truncate, random weights, converted and verified in a clean process)."""
+    from conversion.families import conversions
+    from conversion.sweep import sweep_one
+
+    hooks = next(h for h in conversions() if h.name == name)
+    tag = sorted(timm.list_models(module=list(hooks.timm_modules), pretrained=True))[0]
+    _, ok, detail, _ = sweep_one(tag, depth=1)
+    assert ok, f"{tag}: {detail}"
     assert float(detail.split()[-1]) <= 1e-4

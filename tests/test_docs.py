@@ -17,24 +17,25 @@ import torch
 from PIL import Image
 
 import vitzoo_hf
+from conversion.families import conversions
+from conversion.token_families import TokenHooks
 from tests.helpers import save_tiny_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SNIPPET = re.compile(r"(?:<!-- test: (?P<families>[a-z_ ]+) -->\n)?```python\n(?P<code>.*?)```", re.DOTALL)
-# One tiny variant per family; token families at depth 12, as the block indices in the snippets name.
-TINY_FOLDERS = {"vit": ("dinov2_reg", {"depth": 12}), "eva": ("dinov3", {"depth": 12}), "convnext": ("convnext", {}),
-                "resnet": ("resnet50", {})}  # fmt: skip
+# One tiny variant per family (its first showcase variant); token families at depth 12, as the block indices in the
+# snippets name.
+TINY_FOLDERS = {
+    hooks.name: (hooks.showcase_variants[0], {"depth": 12} if isinstance(hooks, TokenHooks) else {})
+    for hooks in conversions()
+}
 
 
 def snippets(page: Path) -> list[tuple[set[str] | None, str]]:
     return [
         (set(m["families"].split()) if m["families"] else None, m["code"]) for m in SNIPPET.finditer(page.read_text())
     ]
-
-
-def test_every_family_has_a_tiny_folder_here() -> None:
-    assert set(TINY_FOLDERS) == set(vitzoo_hf.FAMILIES)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())

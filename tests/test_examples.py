@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from tests.helpers import save_tiny_folder
+from conversion.families import conversions
+from tests.helpers import hooks_of, save_tiny_folder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -78,10 +79,12 @@ def test_toy_folder_has_both_splits_and_varied_sizes(toy: Path) -> None:
     assert len(sizes) > 1
 
 
+# Each registered family's first showcase variant, from the registry; a new family is covered by declaring it.
+SHOWCASE = [hooks.showcase_variants[0] for hooks in conversions()]
+
+
 @pytest.mark.parametrize(
-    ("variant", "headless"),
-    [("dinov2_reg", False), ("dinov3", True), ("convnext", False), ("resnet50", False)],
-    ids=["head", "headless", "cnn", "batchnorm_cnn"],
+    ("variant", "headless"), [*((v, False) for v in SHOWCASE), ("dinov3", True)], ids=[*SHOWCASE, "headless"]
 )
 def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, tmp_path, variant, headless) -> None:
     """On a folder with a 7-class head (replaced) and on a headless one (a head is created), as README shows."""
@@ -95,9 +98,7 @@ def test_trainer_fine_tunes_evaluates_saves_and_reloads(toy, folders, hf_home, t
     saved = Path(summary["saved"])
     config = json.loads((saved / "config.json").read_text())
     assert config["id2label"] == {"0": "blue", "1": "green", "2": "red"}
-    code = {"dinov3": "modeling_eva.py", "convnext": "modeling_convnext.py", "resnet50": "modeling_resnet.py"}.get(
-        variant, "modeling_vit.py"
-    )
+    code = f"modeling_{hooks_of(variant).name}.py"
     assert {code, "model.safetensors", "preprocessor_config.json"} <= {p.name for p in saved.iterdir()}
 
 
@@ -122,7 +123,7 @@ def test_lightning_two_stages_checkpoint_resume_and_load(variant, toy, folders, 
     assert resumed["val_accuracy"] >= 0.9
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "convnext", "resnet50"])
+@pytest.mark.parametrize("variant", SHOWCASE)
 def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folders, hf_home, tmp_path) -> None:
     model, _, _ = folders(variant)
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
@@ -142,7 +143,7 @@ def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folde
     assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "convnext", "resnet50"])
+@pytest.mark.parametrize("variant", SHOWCASE)
 def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, tmp_path) -> None:
     folder, _, _ = folders(variant)
     reference = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
@@ -190,17 +191,16 @@ def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf
 @pytest.mark.parametrize(
     ("variant", "task"),
     [
-        ("dinov2_reg", "image-classification"),
+        *((v, "image-classification") for v in SHOWCASE),
         ("dinov3", "feature-extraction"),
         ("eva02_mim", "feature-extraction"),
-        ("convnext", "image-classification"),
-        ("seresnext_se", "image-classification"),
     ],
 )
 def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_home, tmp_path) -> None:
     folder, _, _ = folders(variant)
     path = tmp_path / "model.onnx"
-    sizes = ["32", "64x96", "96x64"] if variant in ("convnext", "seresnext_se") else ["32", "48x40", "24x56"]
+    any_size = hooks_of(variant).size_rule == "any"  # CNNs: sizes a whole stride apart; tokens: whole patches
+    sizes = ["32", "64x96", "96x64"] if any_size else ["32", "48x40", "24x56"]
     summary = run_example(
         "compile_and_export.py", "--model", str(folder), "--onnx", str(path), "--task", task, "--sizes", *sizes,
         hf_home=hf_home,
@@ -216,7 +216,7 @@ def test_compile_and_onnx_match_eager_at_every_size(variant, task, folders, hf_h
     assert [bool(d.dim_param) for d in graph_input] == [True, False, True, True]
 
 
-@pytest.mark.parametrize("variant", ["dinov2_reg", "dinov3", "siglip_map", "convnext", "resnet50"])
+@pytest.mark.parametrize("variant", [*SHOWCASE, "siglip_map"])
 def test_feature_extraction_pipeline_gives_timm_pre_logits(variant, folders, toy) -> None:
     folder, _, timm_model = folders(variant)
     image = Image.open(toy / "validation" / "red" / "red_001.png").convert("RGB")

@@ -21,21 +21,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from conversion.families import conversions
 from conversion.verify import clean_env
-from tests.helpers import save_tiny_folder
+from tests.helpers import hooks_of, save_tiny_folder
 from tests.transformers_envs import CI_VERSIONS, ROOT, transformers_python
 
 VERSIONS = tuple(os.environ.get("VITZOO_TRANSFORMERS_MATRIX", ",".join(CI_VERSIONS)).split(","))
 # What ``AutoBackbone.from_pretrained(local_folder, trust_remote_code=True)`` does per release line (docs/USAGE.md
 # states it from here); the documented route (the folder's backbone class) works in all of them.
 AUTO_BACKBONE_LOCAL = {"4.57": "works", "5.0": "works", "5.23": "HFValidationError", "5.24": "HFValidationError"}
-VARIANTS = {
-    "vit": "dinov2_reg",
-    "eva": "dinov3",
-    "eva_mixed": "rope_mixed",
-    "convnext": "v2_grn_conv_mlp",
-    "resnet": "seresnext_se",
-}
+# Every registered family's showcase variants (a new family is covered by declaring them beside its hooks).
+VARIANTS = {f"{hooks.name}-{variant}": variant for hooks in conversions() for variant in hooks.showcase_variants}
 
 CHILD = r"""
 import json, sys
@@ -52,7 +48,7 @@ folder, io_dir = sys.argv[1], sys.argv[2]
 x = load_file(f"{io_dir}/inputs.safetensors")["pixel_values"]
 out, info = {}, {"version": transformers.__version__}
 auto_map = AutoConfig.from_pretrained(folder, trust_remote_code=True).auto_map
-attention = get_class_from_dynamic_module(auto_map["AutoModel"], folder)._supports_sdpa  # CNNs have none
+attention = sys.argv[4] == "1"  # the family declares whether its models attend (its conversion hooks)
 with torch.no_grad():
     for attn in ("eager", "sdpa") if attention else ("none",):
         choice = {"attn_implementation": attn} if attention else {}
@@ -106,7 +102,8 @@ def folder(request, tmp_path_factory) -> Path:
 def run_child(python: Path | str, folder: Path, block_torchvision: bool = False) -> tuple[dict, dict]:
     """Outputs of the folder under ``python``'s transformers, and what the child reports."""
     io_dir = folder.parent
-    args = [str(python), "-c", CHILD, str(folder), str(io_dir), "1" if block_torchvision else "0"]
+    attention = hooks_of(folder.name).attention  # the folder is named after its variant
+    args = [str(python), "-c", CHILD, str(folder), str(io_dir), "1" if block_torchvision else "0", str(int(attention))]
     result = subprocess.run(args, cwd=io_dir, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return load_file(io_dir / "outputs.safetensors"), json.loads(result.stdout.strip().splitlines()[-1])

@@ -45,7 +45,8 @@ from .stage_modeling import (
 )
 
 
-def build_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
+def map_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
+    """The configured BatchNorm or GroupNorm over a map's channels."""
     return norm2d(config.norm_type, channels, config.norm_eps, config.norm_groups)
 
 
@@ -59,7 +60,7 @@ def build_attention(config: VitzooResNetConfig, channels: int, eca_kernel: int |
 
 
 def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    norm = build_norm(config, out_channels)
+    norm = map_norm(config, out_channels)
     return projection_shortcut(in_channels, out_channels, stride, norm, config.down_kernel_size, config.avg_down)
 
 
@@ -113,11 +114,11 @@ class BasicBlock(ResNetBlock):
         first = out_channels // config.block_reduce_first if inner is None else inner[0]
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 3, 1 if use_aa else stride, 1, bias=False)
-        self.bn1 = build_norm(config, first)
+        self.bn1 = map_norm(config, first)
         self.act1 = act_layer(config.hidden_act)
         self.aa = anti_alias(config.aa_type, first, stride) if use_aa else nn.Identity()
         self.conv2 = nn.Conv2d(first, out_channels, 3, padding=1, bias=False)
-        self.bn2 = build_norm(config, out_channels)
+        self.bn2 = map_norm(config, out_channels)
         self.bn2.last_in_block = True
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,15 +144,15 @@ class Bottleneck(ResNetBlock):
             first, width = inner
         use_aa = config.aa_type is not None and stride == 2
         self.conv1 = nn.Conv2d(in_channels, first, 1, bias=False)
-        self.bn1 = build_norm(config, first)
+        self.bn1 = map_norm(config, first)
         self.act1 = act_layer(config.hidden_act)
         conv_stride = 1 if use_aa else stride
         self.conv2 = nn.Conv2d(first, width, 3, conv_stride, 1, groups=config.cardinality, bias=False)
-        self.bn2 = build_norm(config, width)
+        self.bn2 = map_norm(config, width)
         self.act2 = act_layer(config.hidden_act)
         self.aa = anti_alias(config.aa_type, width, stride) if use_aa else nn.Identity()
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = build_norm(config, out_channels)
+        self.bn3 = map_norm(config, out_channels)
         self.bn3.last_in_block = True
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,16 +182,16 @@ class VitzooResNetStem(nn.Module):
             first = 3 * (mid // 4) if config.stem_type == "deep_tiered" else mid
             self.conv1 = nn.Sequential(
                 nn.Conv2d(config.num_channels, first, 3, 2, 1, bias=False),
-                build_norm(config, first),
+                map_norm(config, first),
                 act_layer(config.hidden_act),
                 nn.Conv2d(first, mid, 3, 1, 1, bias=False),
-                build_norm(config, mid),
+                map_norm(config, mid),
                 act_layer(config.hidden_act),
                 nn.Conv2d(mid, out, 3, 1, 1, bias=False),
             )
         else:
             self.conv1 = nn.Conv2d(config.num_channels, out, 7, 2, 3, bias=False)
-        self.bn1 = build_norm(config, out)
+        self.bn1 = map_norm(config, out)
         self.act1 = act_layer(config.hidden_act)
         self.avgpool_aa = config.aa_type == "avgpool"
 
@@ -220,7 +221,7 @@ def build_stem_pool(config: VitzooResNetConfig) -> nn.Module:
     if config.replace_stem_pool:
         conv = nn.Conv2d(channels, channels, 3, 1 if config.aa_type else 2, 1, bias=False)
         aa = [anti_alias(config.aa_type, channels, 2)] if config.aa_type else []
-        return nn.Sequential(conv, *aa, build_norm(config, channels), act_layer(config.hidden_act))
+        return nn.Sequential(conv, *aa, map_norm(config, channels), act_layer(config.hidden_act))
     if config.aa_type == "avgpool":
         return nn.AvgPool2d(2)
     if config.aa_type == "blurpool":

@@ -209,7 +209,23 @@ def projection_shortcut(
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False), norm)
 
 
-class DepthwiseSeparableConv(nn.Module):
+class SkipBlock(nn.Module):
+    """timm's EfficientNet block rule: the block's ``residual`` branch, plus (after drop path) its input where the
+    shape allows a skip (stride 1, same width) and the block has one."""
+
+    def init_skip(self, in_channels: int, out_channels: int, stride: int, skip: bool, drop_path: float) -> None:
+        self.has_skip = skip and stride == 1 and in_channels == out_channels
+        self.drop_path = DropPath(drop_path)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.residual(x)
+        return self.drop_path(out) + x if self.has_skip else out
+
+
+class DepthwiseSeparableConv(SkipBlock):
     """timm's ``DepthwiseSeparableConv`` (MobileNet/EfficientNet's first blocks): depthwise conv + norm-act, optional
     squeeze-excite, pointwise conv + norm (an activation with ``pw_act``), then the residual where the shape
     allows it. ``se`` is a built gate (or None)."""
@@ -229,25 +245,22 @@ class DepthwiseSeparableConv(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.has_skip = skip and stride == 1 and in_channels == out_channels
         self.conv_dw = conv2d(in_channels, in_channels, kernel, stride, groups=in_channels, same=same)
         self.bn1 = BatchNormAct2d(in_channels, eps, act)
         self.se = se if se is not None else nn.Identity()
         self.conv_pw = conv2d(in_channels, out_channels, 1)
         self.bn2 = BatchNormAct2d(out_channels, eps, act if pw_act else None)
-        self.drop_path = DropPath(drop_path)
+        self.init_skip(in_channels, out_channels, stride, skip, drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_dw(x)
         x = self.bn1(x)
         x = self.se(x)
         x = self.conv_pw(x)
-        x = self.bn2(x)
-        return self.drop_path(x) + shortcut if self.has_skip else x
+        return self.bn2(x)
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(SkipBlock):
     """timm's ``InvertedResidual`` (MobileNetV2/V3, EfficientNet's MBConv): pointwise expansion + norm-act,
     depthwise conv + norm-act, optional squeeze-excite, pointwise projection + norm, then the residual where the
     shape allows it."""
@@ -267,7 +280,6 @@ class InvertedResidual(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.has_skip = skip and stride == 1 and in_channels == out_channels
         self.conv_pw = conv2d(in_channels, mid_channels, 1)
         self.bn1 = BatchNormAct2d(mid_channels, eps, act)
         self.conv_dw = conv2d(mid_channels, mid_channels, kernel, stride, groups=mid_channels, same=same)
@@ -275,18 +287,16 @@ class InvertedResidual(nn.Module):
         self.se = se if se is not None else nn.Identity()
         self.conv_pwl = conv2d(mid_channels, out_channels, 1)
         self.bn3 = BatchNormAct2d(out_channels, eps, None)
-        self.drop_path = DropPath(drop_path)
+        self.init_skip(in_channels, out_channels, stride, skip, drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pw(x)
         x = self.bn1(x)
         x = self.conv_dw(x)
         x = self.bn2(x)
         x = self.se(x)
         x = self.conv_pwl(x)
-        x = self.bn3(x)
-        return self.drop_path(x) + shortcut if self.has_skip else x
+        return self.bn3(x)
 
 
 __all__ = [
@@ -301,6 +311,7 @@ __all__ = [
     "EfficientChannelAttention",
     "InvertedResidual",
     "SEModule",
+    "SkipBlock",
     "SqueezeExcite",
     "act_layer",
     "anti_alias",
