@@ -299,15 +299,18 @@ def with_step_counters(source: TensorSource, model: torch.nn.Module) -> TensorSo
     return source.with_defaults({k: torch.tensor(0) for k in counters})
 
 
-def partial_overrides(hooks: FamilyHooks, model: torch.nn.Module, cut: torch.nn.Module, with_head: bool) -> dict:
-    """The config fields that rebuild a truncated copy (``cut``) from the whole model's folder; refused where a
-    weight's shape depends on the depth (RoPE-Mixed's per-block frequency table): the copy could not load it."""
+def partial_overrides(
+    hooks: FamilyHooks, config, model: torch.nn.Module, cut: torch.nn.Module, with_head: bool
+) -> dict:
+    """The config fields that rebuild a truncated copy (``cut``) from the folder of the whole ``model`` (whose config
+    is ``config``); refused where a weight's shape depends on the depth (RoPE-Mixed's per-block frequency table):
+    the copy could not load it."""
     bound = depth_bound(model, cut)
     if bound:
         raise ConversionError(f"Partial verification is not possible: {bound[0]} depends on the depth.")
-    config = hooks.config_from_timm(cut)
-    check_mapping(hooks, config, {k: tuple(v.shape) for k, v in cut.state_dict().items()}, with_head)
-    return config_overrides(hooks.config_from_timm(model), config)
+    cut_config = hooks.config_from_timm(cut)
+    check_mapping(hooks, cut_config, {k: tuple(v.shape) for k, v in cut.state_dict().items()}, with_head)
+    return config_overrides(config, cut_config)
 
 
 def convert(
@@ -344,18 +347,18 @@ def convert(
     source = with_step_counters(source, model)
     check_source_fits(source, model, model_name)
     config = hooks.config_from_timm(model)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    depth = hooks.num_blocks(model)
+    partial = verified_blocks(model_name, num_parameters, depth, memory_budget)
+    overrides = None
+    if partial is not None:  # before the labels and timm fields: the overrides are the architecture's difference
+        cut = hooks.truncate(skeleton(model_name, hooks, kwargs, blocks), partial)
+        overrides = partial_overrides(hooks, config, model, cut, kwargs["num_classes"] > 0)
     id2label = id2label_for(model, kwargs["num_classes"], label_names)
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
     config.timm_version = timm.__version__
-    num_parameters = sum(p.numel() for p in model.parameters())
-    depth = hooks.num_blocks(model)
-    partial = verified_blocks(model_name, num_parameters, depth, memory_budget)
-    overrides = None
-    if partial is not None:
-        cut = hooks.truncate(skeleton(model_name, hooks, kwargs, blocks), partial)
-        overrides = partial_overrides(hooks, model, cut, kwargs["num_classes"] > 0)
 
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
