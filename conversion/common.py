@@ -22,7 +22,8 @@ def activation_name(act: nn.Module) -> str:
     name = type(act).__name__
     if isinstance(act, nn.GELU):
         return "gelu_pytorch_tanh" if act.approximate == "tanh" else "gelu"
-    names = {"GELU": "gelu", "GELUTanh": "gelu_pytorch_tanh", "QuickGELU": "quick_gelu", "SiLU": "silu", "ReLU": "relu"}
+    names = {"GELU": "gelu", "GELUTanh": "gelu_pytorch_tanh", "QuickGELU": "quick_gelu", "SiLU": "silu", "ReLU": "relu",
+             "ReLU6": "relu6", "Hardswish": "hardswish"}  # fmt: skip
     if name not in names:
         raise UnsupportedArchitecture(f"activation {name} is not supported (supported: {', '.join(names)}).")
     return names[name]

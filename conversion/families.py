@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
+import timm
 import torch
 from torch import nn
 
@@ -112,6 +113,15 @@ class FamilyHooks:
     def num_blocks(self, model: nn.Module) -> int:
         """The longest block group: partial verification and the sweep keep up to that many per group."""
         return max(len(group) for group in self.block_groups(model))
+
+    def attends(self, config) -> bool:
+        """Whether models of this config compute attention (a family where only some do says which)."""
+        return self.attention
+
+    def build_tiny(self, entrypoint: str, **kwargs) -> nn.Module:
+        """A tiny timm model of an entrypoint: built with ``tiny`` (a family whose entrypoints take no shrinking
+        keyword builds them its own way)."""
+        return timm.create_model(entrypoint, pretrained=False, **{**self.tiny, **kwargs})
 
     def adapt_variant(self, variant: str, model: nn.Module, seed: int) -> nn.Module:
         """A tiny variant as built, or made from it (ResNet prunes one, as timm builds its ``*_pruned`` models)."""

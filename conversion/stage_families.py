@@ -30,6 +30,22 @@ class StageHooks(FamilyHooks):
 
     size_rule = "any"
 
+    def check_shapes(self, model: nn.Module, config) -> None:
+        """Every weight the config rebuilds has timm's shape, and none is missing: a layout the family's fields
+        cannot express (a hand-edited model, per-block widths the fields do not hold) is refused by name."""
+        with torch.device("meta"):
+            ours = self.family.model(config)
+        theirs = {self.convert_key(k, with_head=False): v.shape for k, v in model.state_dict().items()}
+        theirs.pop(None, None)
+        expected = {k: v.shape for k, v in ours.state_dict().items()}
+        wrong = [k for k, shape in theirs.items() if expected.get(k) != shape]
+        if wrong or set(expected) - set(theirs):
+            example = wrong[0] if wrong else sorted(set(expected) - set(theirs))[0]
+            raise UnsupportedArchitecture(
+                f"this {type(model).__name__}'s layers do not have the shapes its config rebuilds (e.g. {example}): "
+                f"a layout the {self.name} family's fields cannot express (a hand-edited model?) is not supported."
+            )
+
     def size_step(self, reference: nn.Module) -> int:
         """Sizes the model takes differ by multiples of this: its final stride."""
         return reference.feature_info[-1]["reduction"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import timm
 import torch
 
 import vitzoo_hf
@@ -47,10 +46,8 @@ def make_timm(variant: str, dynamic: bool = False, seed: int = 0, **extra) -> to
     other sizes need it built so, the token families, get their reference constructor arguments)."""
     hooks = hooks_of(variant)
     name, overrides = hooks.variants[variant]
-    kwargs = {**hooks.tiny, **overrides, **extra}
-    if dynamic:
-        kwargs.update(hooks.reference_kwargs(name))
-    model = hooks.adapt_variant(variant, timm.create_model(name, pretrained=False, **kwargs), seed)
+    kwargs = {**overrides, **extra, **(hooks.reference_kwargs(name) if dynamic else {})}
+    model = hooks.adapt_variant(variant, hooks.build_tiny(name, **kwargs), seed)
     return perturb(model, seed).eval()
 
 
@@ -62,7 +59,8 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     hooks = family_for(timm_model)
     if role == "classifier" and not timm_model.num_classes:
         # timm's model(x) without a classifier is the pooled output: our head_type "none", one logit per feature.
-        config_overrides = {"head_type": "none", "num_labels": timm_model.num_features, **config_overrides}
+        width = getattr(timm_model, "head_hidden_size", None) or timm_model.num_features  # MobileNetV3's differ
+        config_overrides = {"head_type": "none", "num_labels": width, **config_overrides}
     config = hooks.config_from_timm(timm_model, **config_overrides)
     if hooks.attention:  # families without attention have no implementation to choose
         config._attn_implementation = attn

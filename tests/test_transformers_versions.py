@@ -102,7 +102,8 @@ def folder(request, tmp_path_factory) -> Path:
 def run_child(python: Path | str, folder: Path, block_torchvision: bool = False) -> tuple[dict, dict]:
     """Outputs of the folder under ``python``'s transformers, and what the child reports."""
     io_dir = folder.parent
-    attention = hooks_of(folder.name).attention  # the folder is named after its variant
+    hooks = hooks_of(folder.name)  # the folder is named after its variant
+    attention = hooks.attends(hooks.family.config.from_pretrained(folder))
     args = [str(python), "-c", CHILD, str(folder), str(io_dir), "1" if block_torchvision else "0", str(int(attention))]
     result = subprocess.run(args, cwd=io_dir, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

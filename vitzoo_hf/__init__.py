@@ -16,6 +16,7 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 
 from .common_config import AUTO_CLASS_NAMES, VitzooConfig
 from .configuration_convnext import VitzooConvNextConfig
+from .configuration_efficientnet import VitzooEfficientNetConfig
 from .configuration_eva import VitzooEvaConfig
 from .configuration_resnet import VitzooResNetConfig
 from .configuration_vit import VitzooViTConfig
@@ -25,6 +26,12 @@ from .modeling_convnext import (
     VitzooConvNextForImageClassification,
     VitzooConvNextModel,
     VitzooConvNextPreTrainedModel,
+)
+from .modeling_efficientnet import (
+    VitzooEfficientNetBackbone,
+    VitzooEfficientNetForImageClassification,
+    VitzooEfficientNetModel,
+    VitzooEfficientNetPreTrainedModel,
 )
 from .modeling_eva import (
     VitzooEvaBackbone,
@@ -114,6 +121,15 @@ register_family(
 register_family(
     Family("resnet", VitzooResNetConfig, VitzooResNetModel, VitzooResNetForImageClassification, VitzooResNetBackbone)
 )
+register_family(
+    Family(
+        "efficientnet",
+        VitzooEfficientNetConfig,
+        VitzooEfficientNetModel,
+        VitzooEfficientNetForImageClassification,
+        VitzooEfficientNetBackbone,
+    )
+)
 
 __all__ = [
     "AUTO_CLASS_NAMES",
@@ -125,6 +141,11 @@ __all__ = [
     "VitzooConvNextForImageClassification",
     "VitzooConvNextModel",
     "VitzooConvNextPreTrainedModel",
+    "VitzooEfficientNetBackbone",
+    "VitzooEfficientNetConfig",
+    "VitzooEfficientNetForImageClassification",
+    "VitzooEfficientNetModel",
+    "VitzooEfficientNetPreTrainedModel",
     "VitzooEvaBackbone",
     "VitzooEvaConfig",
     "VitzooEvaForImageClassification",

@@ -115,7 +115,7 @@ class DropPath(nn.Module):
             return x
         keep = 1 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * mask.div_(keep)  # the mask scaled first, as timm does: the same rounding
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:

@@ -58,10 +58,15 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     return rounded + divisor if rounded < round_limit * value else rounded
 
 
+# Activations whose gradient needs only their output, or that timm's mobile CNNs run as torch's own modules: torch's
+# modules, in place as timm runs them (``ACT2FN`` lacks these names in some transformers releases).
+TORCH_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
+
+
 def act_layer(name: str) -> nn.Module:
     """An activation by ``ACT2FN`` name, in place as timm's CNNs run it: each overwrites a tensor nothing else reads.
-    ReLU always (its gradient needs only its output); others where no autograd graph needs their input."""
-    return nn.ReLU(inplace=True) if name == "relu" else Activation(name, inplace=True)
+    ReLU, ReLU6 and hard-swish as torch's modules; others in place where no autograd graph needs their input."""
+    return TORCH_ACTIVATIONS[name](inplace=True) if name in TORCH_ACTIVATIONS else Activation(name, inplace=True)
 
 
 MAP_NORMS = ("batchnorm", "groupnorm")
@@ -109,19 +114,66 @@ class Conv2dSame(nn.Conv2d):
 def conv2d(
     in_channels: int,
     out_channels: int,
-    kernel: int,
+    kernel: int | list[int],
     stride: int = 1,
     dilation: int = 1,
     groups: int = 1,
     bias: bool = False,
     same: bool = False,
-) -> nn.Conv2d:
+) -> nn.Module:
     """timm's ``create_conv2d``: symmetric padding (PyTorch style), or with ``same`` TF's "SAME" padding, static
-    where it does not depend on the input size (stride 1), else computed per call."""
-    if same and stride > 1:
+    where it does not depend on the input size (stride 1, odd kernel), else computed per call. A list of kernels
+    is MixNet's mixed conv (depthwise when ``groups`` is the input width)."""
+    if isinstance(kernel, (list, tuple)):
+        depthwise = groups == in_channels and groups > 1
+        return MixedConv2d(in_channels, out_channels, list(kernel), stride, dilation, depthwise, bias, same)
+    if same and (stride > 1 or dilation * (kernel - 1) % 2):
         return Conv2dSame(in_channels, out_channels, kernel, stride, 0, dilation, groups, bias)
     padding = ((stride - 1) + dilation * (kernel - 1)) // 2
     return nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, groups, bias)
+
+
+def split_channels(channels: int, parts: int) -> list[int]:
+    """timm's ``_split_channels``: equal parts, the remainder to the first."""
+    split = [channels // parts] * parts
+    split[0] += channels - sum(split)
+    return split
+
+
+class MixedConv2d(nn.ModuleDict):
+    """timm's ``MixedConv2d`` (MixNet): the channels split into groups, one kernel size each, outputs concatenated;
+    the convs under keys "0", "1"... as timm keeps them."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernels: list[int],
+        stride: int = 1,
+        dilation: int = 1,
+        depthwise: bool = False,
+        bias: bool = False,
+        same: bool = False,
+    ) -> None:
+        super().__init__()
+        in_splits = split_channels(in_channels, len(kernels))
+        out_splits = split_channels(out_channels, len(kernels))
+        for index, (kernel, ins, outs) in enumerate(zip(kernels, in_splits, out_splits, strict=True)):
+            self[str(index)] = conv2d(ins, outs, kernel, stride, dilation, ins if depthwise else 1, bias, same)
+        self.splits = in_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([conv(part) for conv, part in zip(self.values(), parts, strict=True)], 1)
+
+
+def num_groups(group_size: int, channels: int) -> int:
+    """timm's group rule: ``group_size`` channels per group (0: one group, a dense conv; 1: depthwise)."""
+    if not group_size:
+        return 1
+    if channels % group_size:
+        raise ValueError(f"{channels} channels do not split into groups of {group_size}.")
+    return channels // group_size
 
 
 class BlurPool2d(nn.Module):
@@ -243,12 +295,15 @@ class DepthwiseSeparableConv(SkipBlock):
         same: bool = False,
         eps: float = 1e-5,
         drop_path: float = 0.0,
+        group_size: int = 1,
+        pw_kernel: int | list[int] = 1,
     ) -> None:
         super().__init__()
-        self.conv_dw = conv2d(in_channels, in_channels, kernel, stride, groups=in_channels, same=same)
+        groups = num_groups(group_size, in_channels)
+        self.conv_dw = conv2d(in_channels, in_channels, kernel, stride, groups=groups, same=same)
         self.bn1 = BatchNormAct2d(in_channels, eps, act)
         self.se = se if se is not None else nn.Identity()
-        self.conv_pw = conv2d(in_channels, out_channels, 1)
+        self.conv_pw = conv2d(in_channels, out_channels, pw_kernel, same=same)
         self.bn2 = BatchNormAct2d(out_channels, eps, act if pw_act else None)
         self.init_skip(in_channels, out_channels, stride, skip, drop_path)
 
@@ -278,14 +333,18 @@ class InvertedResidual(SkipBlock):
         same: bool = False,
         eps: float = 1e-5,
         drop_path: float = 0.0,
+        group_size: int = 1,
+        exp_kernel: int | list[int] = 1,
+        pw_kernel: int | list[int] = 1,
     ) -> None:
         super().__init__()
-        self.conv_pw = conv2d(in_channels, mid_channels, 1)
+        self.conv_pw = conv2d(in_channels, mid_channels, exp_kernel, same=same)
         self.bn1 = BatchNormAct2d(mid_channels, eps, act)
-        self.conv_dw = conv2d(mid_channels, mid_channels, kernel, stride, groups=mid_channels, same=same)
+        groups = num_groups(group_size, mid_channels)
+        self.conv_dw = conv2d(mid_channels, mid_channels, kernel, stride, groups=groups, same=same)
         self.bn2 = BatchNormAct2d(mid_channels, eps, act)
         self.se = se if se is not None else nn.Identity()
-        self.conv_pwl = conv2d(mid_channels, out_channels, 1)
+        self.conv_pwl = conv2d(mid_channels, out_channels, pw_kernel, same=same)
         self.bn3 = BatchNormAct2d(out_channels, eps, None)
         self.init_skip(in_channels, out_channels, stride, skip, drop_path)
 
@@ -310,6 +369,7 @@ __all__ = [
     "DepthwiseSeparableConv",
     "EfficientChannelAttention",
     "InvertedResidual",
+    "MixedConv2d",
     "SEModule",
     "SkipBlock",
     "SqueezeExcite",
@@ -318,6 +378,8 @@ __all__ = [
     "conv2d",
     "make_divisible",
     "norm2d",
+    "num_groups",
     "projection_shortcut",
     "same_padding",
+    "split_channels",
 ]
