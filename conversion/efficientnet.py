@@ -342,6 +342,10 @@ class EfficientNetHooks(StageHooks):
         "mobilenetv3_headless": ("mobilenetv3_large_100", {"num_classes": 0}),
     }
     showcase = ("efficientnet_b0", "mobilenetv4_hybrid_medium")
+    # Measured: from a random init, these deep BatchNorm stacks (about 50 norms, stride-32 maps of 1x1 at the
+    # examples' 32 px) do not learn the toy colours in 3 epochs at lr 1e-3, timm's own models neither (loss ~1.1
+    # throughout); at 64 px and 10 epochs they reach 0.7-0.9 validation accuracy, not reliably.
+    learns_toy_task = False
     suite_configs = [
         # ds + ir blocks with squeeze-excite, the efficientnet head order
         dict(

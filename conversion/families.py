@@ -35,7 +35,7 @@ class FamilyHooks:
     (timm entrypoint, constructor overrides), one per flag set the family supports), ``showcase`` (the variants
     the folder-level tests save, load and run through the stock clients: the richest flag sets; default the first
     variant) and ``suite_configs`` (config fields of tiny models for transformers' common suite, two flag sets at
-    least)."""
+    least), ``learns_toy_task``."""
 
     timm_classes: ClassVar[tuple[str, ...]] = ()
     timm_modules: ClassVar[tuple[str, ...]] = ()
@@ -45,6 +45,9 @@ class FamilyHooks:
     variants: ClassVar[dict[str, tuple[str, dict]]] = {}
     showcase: ClassVar[tuple[str, ...]] = ()
     suite_configs: ClassVar[list[dict]] = []
+    # Whether the family's tiny random models learn the examples' toy task in their default 3 epochs (the
+    # examples tests then assert the learning too; otherwise every other outcome of the run).
+    learns_toy_task: ClassVar[bool] = True
 
     def __init__(self, family: vitzoo_hf.Family) -> None:
         self.family = family

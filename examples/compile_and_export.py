@@ -6,7 +6,9 @@ size gives them too under onnxruntime, at every size you ask for.
 ``--task feature-extraction`` (default) exports ``last_hidden_state`` and ``pooler_output`` of the bare model;
 ``--task image-classification`` exports the classifier's ``logits``. Image sides must be multiples of the patch
 size; the graph resamples position embeddings (timm's antialiased bicubic) and RoPE tables for the input it gets.
-Prints one JSON line with the largest absolute difference per check.
+Prints one JSON line with the largest difference per check, relative to the output's largest magnitude (at least 1:
+so an absolute difference for outputs of order 1): compiled and exported graphs reorder float arithmetic, and a deep
+CNN's logits of a few hundred carry a proportionally larger rounding (timm's own compiled model shows the same).
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def images(batch: int, height: int, width: int) -> torch.Tensor:
 
 
 def max_difference(got: tuple, expected: tuple) -> float:
-    return max((torch.as_tensor(g) - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    """The largest difference over the outputs, relative to each output's largest magnitude (at least 1)."""
+    return max(
+        (torch.as_tensor(g) - e).abs().max().item() / max(1.0, e.abs().max().item())
+        for g, e in zip(got, expected, strict=True)
+    )
 
 
 def compile_check(model: torch.nn.Module, sizes: list[tuple[int, int]]) -> dict[str, float]:
@@ -113,11 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = args.sizes or [native, (native[0] + 2 * patch[0], native[1] + patch[1])]
     summary = {"task": args.task, "sizes": [list(size) for size in sizes]}
     if not args.skip_compile:
-        summary["compile_max_abs_diff"] = compile_check(model, sizes)
+        summary["compile_max_diff"] = compile_check(model, sizes)
     args.onnx.parent.mkdir(parents=True, exist_ok=True)
     # Traced at the largest size: a CNN's last map at the smallest may be 1x1, which torch.export would specialise.
     export_onnx(model, args.onnx, max(sizes, key=lambda size: size[0] * size[1]), patch)
-    summary["onnx_max_abs_diff"] = onnx_check(model, args.onnx, sizes)
+    summary["onnx_max_diff"] = onnx_check(model, args.onnx, sizes)
     summary["onnx"] = str(args.onnx)
     print(json.dumps(summary))
     return summary

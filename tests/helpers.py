@@ -72,6 +72,28 @@ def vitzoo_from_timm(timm_model: torch.nn.Module, role: str = "model", attn: str
     return model.eval()
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, size: int = 64, batches: int = 4) -> torch.nn.Module:
+    """BatchNorm statistics measured on random images (a cumulative average over a few train-mode batches), as a
+    trained network's match its activations. Perturbed statistics that match nothing make a deep random CNN
+    (EfficientNet: ~50 BatchNorms) map every image to nearly the same features in eval mode, which no
+    fine-tuning test can start from; parity tests keep the perturbed statistics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(batches):
+        model(torch.randn(8, 3, size, size, generator=generator))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.eval()
+
+
 def save_tiny_folder(
     variant: str, folder: Path, seed: int = 0, headless: bool = False, **extra
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -80,13 +102,13 @@ def save_tiny_folder(
     with ``headless`` a foundation model without classifier (``num_labels=0``), as converted DINOv2/DINOv3 are;
     ``extra`` goes to the timm constructor (e.g. ``depth``)."""
     if headless:
-        timm_model = make_timm(variant, dynamic=True, seed=seed, num_classes=0, **extra)
+        timm_model = calibrate_batchnorm(make_timm(variant, dynamic=True, seed=seed, num_classes=0, **extra))
         model = vitzoo_from_timm(timm_model, "model")
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(folder)
         VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
         return model, timm_model
-    timm_model = make_timm(variant, dynamic=True, seed=seed, **extra)
+    timm_model = calibrate_batchnorm(make_timm(variant, dynamic=True, seed=seed, **extra))
     model = vitzoo_from_timm(timm_model, "classifier", id2label={i: f"class_{i}" for i in range(7)})
     model.save_pretrained(folder)
     VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)

@@ -204,14 +204,16 @@ def suite_classes() -> dict[str, type]:
         prefix = f"Test{family.config.__name__.removesuffix('Config')}"
         for index, fields in enumerate(hooks.suite_configs):
             flags = dict(overrides=fields) if token else dict(fields=fields)
-            common = dict(config_class=family.config, has_attentions=hooks.attends(family.config(**fields)))
+            attends = hooks.attention if token else hooks.attends(family.config(**fields))  # token: overrides
+            common = dict(config_class=family.config, has_attentions=attends)
             made[f"{prefix}Suite{index}"] = type(
                 f"{prefix}Suite{index}",
                 (model_base, unittest.TestCase),
                 dict(all_model_classes=(family.model, family.classifier, family.backbone), **common, **flags),
             )
         fields = {} if token else hooks.suite_configs[0]
-        common = dict(config_class=family.config, has_attentions=hooks.attends(family.config(**fields)))
+        attends = hooks.attention if token else hooks.attends(family.config(**fields))
+        common = dict(config_class=family.config, has_attentions=attends)
         made[f"{prefix}BackboneSuite"] = type(
             f"{prefix}BackboneSuite",
             (backbone_base, unittest.TestCase),

@@ -193,5 +193,5 @@ def test_bad_block_specs_get_a_clear_error() -> None:
     with pytest.raises(ValueError, match="Only a stage's first block spec may be strided"):
         specs = [[{"type": "cn", "out_channels": 8}, {"type": "cn", "out_channels": 8, "stride": 2}]]
         VitzooEfficientNetConfig(block_specs=specs)
-    model = VitzooEfficientNetForImageClassification(VitzooEfficientNetConfig(stem_channels=8, head_channels=16))
+    model = VitzooEfficientNetForImageClassification(VitzooEfficientNetConfig(stem_channels=8, head_channels=16)).eval()
     assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 2)

@@ -66,6 +66,23 @@ BLOCK_NAMES = {
 }
 
 
+def _mbconv(out: int, mid: int, se: int, kernel: int = 3, stride: int = 1, repeats: int = 1) -> dict:
+    return dict(type="ir", out_channels=out, mid_channels=mid, se_channels=se, kernel=kernel, stride=stride,
+                repeats=repeats)  # fmt: skip
+
+
+# timm's efficientnet_b0, decoded (a stage's first block expands its input width, the rest their own)
+EFFICIENTNET_B0 = (
+    (dict(type="ds", out_channels=16, se_channels=8),),
+    (_mbconv(24, 96, 4, stride=2), _mbconv(24, 144, 6)),
+    (_mbconv(40, 144, 6, 5, 2), _mbconv(40, 240, 10, 5)),
+    (_mbconv(80, 240, 10, stride=2), _mbconv(80, 480, 20, repeats=2)),
+    (_mbconv(112, 480, 20, 5), _mbconv(112, 672, 28, 5, repeats=2)),
+    (_mbconv(192, 672, 28, 5, 2), _mbconv(192, 1152, 48, 5, repeats=3)),
+    (_mbconv(320, 1152, 48),),
+)
+
+
 def normalize_spec(spec: dict, where: str) -> dict:
     """A block spec with every field its type reads (defaults filled in), checked by name."""
     kind = spec.get("type")
@@ -118,11 +135,8 @@ class VitzooEfficientNetConfig(StageConfig):
     head_poolings = STAGE_POOLS
     config_fields = dict(
         block_specs=Field(
-            (
-                ({"type": "ds", "out_channels": 16, "se_channels": 8},),
-                ({"type": "ir", "repeats": 2, "out_channels": 24, "stride": 2, "mid_channels": 96},),
-            ),
-            "per stage, the specs of its runs of blocks (decoded from timm's arch_def)",
+            EFFICIENTNET_B0,
+            "per stage, the specs of its runs of blocks (decoded from timm's arch_def); default: EfficientNet-B0's",
         ),
         depths=Field(
             lambda config: [sum(s.get("repeats", 1) for s in stage) for stage in config.block_specs], "derived"
