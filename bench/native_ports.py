@@ -1,5 +1,5 @@
 """The same timm weights in transformers' native ports (ViT, DINOv2, DINOv3, ConvNeXt(-V2), DINOv3 ConvNeXt,
-ResNet).
+ResNet, EfficientNet, MobileNetV2).
 
 Each builder returns a native model holding a timm model's weights; the benchmark checks its outputs against
 timm before timing anything.
@@ -19,6 +19,10 @@ from transformers import (
     DINOv3ConvNextModel,
     DINOv3ViTConfig,
     DINOv3ViTModel,
+    EfficientNetConfig,
+    EfficientNetModel,
+    MobileNetV2Config,
+    MobileNetV2Model,
     ResNetConfig,
     ResNetModel,
     ViTConfig,
@@ -254,4 +258,87 @@ def resnet(timm_model, attn: str | None = None) -> ResNetModel:
     return model.eval()
 
 
-PORTS.update(convnext=convnext, dinov3_convnext=dinov3_convnext, resnet=resnet)
+# timm's EfficientNet/MobileNet block parts -> transformers' names: (block type, timm module) -> native module
+_MBCONV = {
+    ("ds", "conv_dw"): "depthwise_conv.depthwise_conv", ("ds", "bn1"): "depthwise_conv.depthwise_norm",
+    ("ds", "conv_pw"): "projection.project_conv", ("ds", "bn2"): "projection.project_bn",
+    ("ir", "conv_pw"): "expansion.expand_conv", ("ir", "bn1"): "expansion.expand_bn",
+    ("ir", "conv_dw"): "depthwise_conv.depthwise_conv", ("ir", "bn2"): "depthwise_conv.depthwise_norm",
+    ("ir", "conv_pwl"): "projection.project_conv", ("ir", "bn3"): "projection.project_bn",
+    ("ds", "se.conv_reduce"): "squeeze_excite.reduce", ("ds", "se.conv_expand"): "squeeze_excite.expand",
+    ("ir", "se.conv_reduce"): "squeeze_excite.reduce", ("ir", "se.conv_expand"): "squeeze_excite.expand",
+}  # fmt: skip
+_MOBILENET_V2 = {"conv_pw": "expand_1x1", "bn1": "expand_1x1", "conv_dw": "conv_3x3", "bn2": "conv_3x3",
+                 "conv_pwl": "reduce_1x1", "bn3": "reduce_1x1"}  # fmt: skip
+
+
+def _flat_blocks(timm_model) -> dict[str, int]:
+    """``blocks.i.j`` -> the running block index transformers' EfficientNet/MobileNetV2 use."""
+    names = [f"blocks.{i}.{j}" for i, stage in enumerate(timm_model.blocks) for j in range(len(stage))]
+    return {name: index for index, name in enumerate(names)}
+
+
+def _split_block_key(key: str) -> tuple[str, str, str]:
+    """``blocks.i.j.<module>.<param>`` -> (``blocks.i.j``, module path, param name)."""
+    parts = key.split(".")
+    return ".".join(parts[:3]), ".".join(parts[3:-1]), parts[-1]
+
+
+def efficientnet(timm_model) -> EfficientNetModel:
+    """timm ``efficientnet_b0``/``tf_efficientnet_b0`` -> transformers EfficientNetModel (B0 layout). The native
+    model pads its strided convs as TF's "SAME" at even sizes (a pixel right and bottom), as the ``tf_`` weights
+    expect; ``efficientnet_b0``'s weights run there with PyTorch's symmetric padding, so its outputs differ."""
+    config = EfficientNetConfig(
+        width_coefficient=1.0, depth_coefficient=1.0, image_size=224, dropout_rate=0.2,
+        batch_norm_eps=float(timm_model.bn1.eps), depthwise_padding=[], hidden_dim=timm_model.conv_head.out_channels,
+    )  # fmt: skip
+    flat, state, out = _flat_blocks(timm_model), timm_model.state_dict(), {}
+    for key, value in state.items():
+        if key.startswith(("conv_stem.", "bn1.")):
+            module, param = key.split(".")
+            out[f"embeddings.{'convolution' if module == 'conv_stem' else 'batchnorm'}.{param}"] = value
+        elif key.startswith(("conv_head.", "bn2.")):
+            module, param = key.split(".")
+            out[f"encoder.{'top_conv' if module == 'conv_head' else 'top_bn'}.{param}"] = value
+        elif key.startswith("blocks."):
+            block, module, param = _split_block_key(key)
+            kind = "ds" if block.startswith("blocks.0.") else "ir"
+            out[f"encoder.blocks.{flat[block]}.{_MBCONV[kind, module]}.{param}"] = value
+        elif not key.startswith("classifier."):
+            raise KeyError(f"no native name for {key}")
+    model = EfficientNetModel(config)
+    model.load_state_dict(out, strict=True)
+    return model.eval()
+
+
+def mobilenet_v2(timm_model) -> MobileNetV2Model:
+    """timm ``mobilenetv2_100`` -> transformers MobileNetV2Model (PyTorch padding: ``tf_padding=False``)."""
+    config = MobileNetV2Config(tf_padding=False, layer_norm_eps=float(timm_model.bn1.eps))
+    flat, state, out = _flat_blocks(timm_model), timm_model.state_dict(), {}
+    stem = {"conv_dw": "conv_3x3", "bn1": "conv_3x3", "conv_pw": "reduce_1x1", "bn2": "reduce_1x1"}
+    for key, value in state.items():
+        module = key.split(".")[0]
+        if module in ("conv_stem", "bn1"):
+            kind = "convolution" if module == "conv_stem" else "normalization"
+            out[f"conv_stem.first_conv.{kind}.{key.split('.')[-1]}"] = value
+        elif module in ("conv_head", "bn2"):
+            kind = "convolution" if module == "conv_head" else "normalization"
+            out[f"conv_1x1.{kind}.{key.split('.')[-1]}"] = value
+        elif module == "blocks":
+            block, part, param = _split_block_key(key)
+            kind = "convolution" if part.startswith("conv") else "normalization"
+            if block == "blocks.0.0":
+                out[f"conv_stem.{stem[part]}.{kind}.{param}"] = value
+            else:
+                out[f"layer.{flat[block] - 1}.{_MOBILENET_V2[part]}.{kind}.{param}"] = value
+        elif module != "classifier":
+            raise KeyError(f"no native name for {key}")
+    model = MobileNetV2Model(config)
+    model.load_state_dict(out, strict=True)
+    return model.eval()
+
+
+PORTS.update(
+    convnext=convnext, dinov3_convnext=dinov3_convnext, resnet=resnet, efficientnet=efficientnet,
+    mobilenet_v2=mobilenet_v2,
+)  # fmt: skip

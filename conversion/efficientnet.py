@@ -443,13 +443,7 @@ class EfficientNetHooks(StageHooks):
             head_dropout=float(model.drop_rate),
             **head_fields(model.classifier),
         )
-        fields.update(overrides)
-        try:
-            config = VitzooEfficientNetConfig(**fields)
-        except ValueError as error:  # a combination the config refuses, named in its message
-            raise UnsupportedArchitecture(f"this model's layout cannot be expressed: {error}") from error
-        self.check_shapes(model, config)
-        return config
+        return self.build_config(model, fields, overrides)
 
 
 HOOKS = EfficientNetHooks

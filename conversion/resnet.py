@@ -278,13 +278,7 @@ class ResNetHooks(StageHooks):
             fields["block_reduce_first"] = width // first.conv1.out_channels
         else:
             fields["block_reduce_first"] = first.conv2.out_channels // first.conv1.out_channels
-        fields.update(overrides)
-        try:
-            config = VitzooResNetConfig(**fields)
-        except ValueError as error:  # a combination the config refuses, named in its message
-            raise UnsupportedArchitecture(f"this ResNet's layout cannot be expressed: {error}") from error
-        self.check_shapes(model, config)
-        return config
+        return self.build_config(model, fields, overrides)
 
 
 HOOKS = ResNetHooks

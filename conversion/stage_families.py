@@ -30,6 +30,17 @@ class StageHooks(FamilyHooks):
 
     size_rule = "any"
 
+    def build_config(self, model: nn.Module, fields: dict, overrides: dict):
+        """The family's config from the fields read off ``model`` (``overrides`` win), refused by the config's own
+        message where the combination cannot be expressed, then held to timm's shapes (``check_shapes``)."""
+        try:
+            config = self.family.config(**{**fields, **overrides})
+        except ValueError as error:  # a combination the config refuses, named in its message
+            name = type(model).__name__
+            raise UnsupportedArchitecture(f"this {name}'s layout cannot be expressed: {error}") from error
+        self.check_shapes(model, config)
+        return config
+
     def check_shapes(self, model: nn.Module, config) -> None:
         """Every weight the config rebuilds has timm's shape, and none is missing: a layout the family's fields
         cannot express (a hand-edited model, per-block widths the fields do not hold) is refused by name."""
