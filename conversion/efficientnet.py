@@ -161,6 +161,17 @@ def _mqa_fields(block: nn.Module) -> dict:
     )
 
 
+def _out_width(block: nn.Module) -> int:
+    """A block's output channels (its last conv's), for telling runs of equal blocks apart."""
+    kind = BLOCK_TYPES.get(type(block).__name__)
+    if kind is None:
+        raise UnsupportedArchitecture(f"block {type(block).__name__} is not supported ({', '.join(BLOCK_TYPES)} are).")
+    if kind == "mqa":
+        return int(block.attn.output.proj.out_channels)
+    last = {"cn": "conv", "ds": "conv_pw", "ir": "conv_pwl", "er": "conv_pwl"}
+    return _width(block.pw_proj.conv if kind == "uir" else getattr(block, last[kind]))
+
+
 def block_spec(block: nn.Module, model_act: str) -> tuple[dict, int]:
     """One timm block as a spec (without ``repeats``; ``act`` None where it is the model's) and its input width."""
     name = type(block).__name__
@@ -408,6 +419,34 @@ class EfficientNetHooks(StageHooks):
             return inputs
         pixels, _ = inputs["native"]
         return {**inputs, "eager": (pixels.flip(0), {"output_attentions": True})}
+
+    def truncate(self, model: nn.Module, blocks: int) -> nn.Module:
+        """The first ``blocks`` blocks of each run of equal blocks in every stage (not of the stage: a stage whose
+        runs change width, as FBNetV3's and MobileNetV4's do, would lose the width its next stage takes)."""
+        if blocks < 1:
+            raise ValueError(f"A truncated copy keeps at least one block per group, not {blocks}.")
+        for stage in model.blocks:
+            drop, previous, run = [], None, 0
+            for index, block in enumerate(stage):
+                key = (type(block).__name__, _out_width(block))
+                run = run + 1 if key == previous else 1
+                previous = key
+                if run > blocks:
+                    drop.append(index)
+            for index in reversed(drop):
+                del stage[index]
+        return model
+
+    def num_blocks(self, model: nn.Module) -> int:
+        """The longest run of equal blocks (what ``truncate`` cuts)."""
+        longest = 1
+        for stage in model.blocks:
+            previous, run = None, 0
+            for block in stage:
+                key = (type(block).__name__, _out_width(block))
+                run = run + 1 if key == previous else 1
+                previous, longest = key, max(longest, run)
+        return longest
 
     def convert_key(self, key: str, with_head: bool = True) -> str | None:
         return efficientnet_key(key, with_head)

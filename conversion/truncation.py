@@ -59,6 +59,11 @@ def materialize(model: nn.Module, seed: int = 0) -> nn.Module:
             setattr(module, name, nn.Parameter(filled, param.requires_grad))
         if direct and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)):
             module.reset_parameters()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(b.is_meta for b in module.buffers(False)):
+            # a layer timm made after the build (its pruned models' adapted layers take the meta device along)
+            for name, buffer in module.named_buffers(recurse=False):
+                module.register_buffer(name, torch.empty_like(buffer, device="cpu"))
+            module.reset_running_stats()
     left = meta_tensors(model)
     if left:
         raise ValueError(f"{type(model).__name__}: {left[0]} could not be filled; build it for real.")

@@ -12,11 +12,13 @@ from torch import nn
 from conversion.common import UnsupportedArchitecture
 from conversion.efficientnet import EfficientNetHooks
 from conversion.families import family_for
+from conversion.truncation import build_empty, materialize, meta_tensors
 from tests.helpers import (
     check_channels_last,
     check_gradient_checkpointing,
     check_stage_model_calls,
     make_timm,
+    perturb,
     train_step_matches_timm,
     vitzoo_from_timm,
 )
@@ -195,3 +197,28 @@ def test_bad_block_specs_get_a_clear_error() -> None:
         VitzooEfficientNetConfig(block_specs=specs)
     model = VitzooEfficientNetForImageClassification(VitzooEfficientNetConfig(stem_channels=8, head_channels=16)).eval()
     assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 2)
+
+
+def test_truncation_keeps_every_run_of_a_stage() -> None:
+    """``truncate`` cuts each run of equal blocks, not each stage: FBNetV3's stages change width between runs, so
+    keeping a stage's first blocks would feed the next stage the wrong width. The cut model runs and converts."""
+    timm_model = HOOKS.build_tiny("fbnetv3_b").eval()
+    widths = [[b.conv_pwl.out_channels for b in stage if hasattr(b, "conv_pwl")] for stage in timm_model.blocks]
+    assert any(len(set(w)) > 1 for w in widths)  # a stage with runs of two widths
+    blocks = sum(len(stage) for stage in timm_model.blocks)
+    cut = perturb(HOOKS.truncate(timm_model, 1)).eval()
+    assert sum(len(stage) for stage in cut.blocks) < blocks
+    ours = vitzoo_from_timm(cut, "classifier")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, cut(x), **TOL)
+    assert HOOKS.num_blocks(HOOKS.build_tiny("fbnetv3_b")) > 1 == HOOKS.num_blocks(cut)
+
+
+def test_pruned_models_build_empty_and_fill() -> None:
+    """timm's ``*_pruned`` EfficientNets adapt their layers after the build, on the meta device: filling them
+    gives every BatchNorm real statistics, and the config reads off them."""
+    model = materialize(build_empty("efficientnet_b1_pruned"))
+    assert not meta_tensors(model)
+    config = HOOKS.config_from_timm(model)
+    assert config.hidden_sizes[-1] == model.blocks[-1][-1].conv_pwl.out_channels
