@@ -3,12 +3,14 @@
     python bench/bench_load.py [--sizes s b l] [--reps 5] [--out FILE]
 
 The same weights in three forms (our converted folder, loaded as remote code with vitzoo_hf hidden; a timm
-safetensors checkpoint; the folder of transformers' native port: ViTModel, ConvNextModel, ResNetModel). Each
-measurement is a fresh process: library imports happen first and are not timed (the same transformers modules for
-ours and the native port; importing our remote-code files is part of the timed load), then the load call is timed
-and the process reports its peak RSS (VmHWM). Loads run interleaved (ours, timm, native, ours, ...); medians and
-ratios are reported. ``--sizes convnext_t convnext_b --out bench/results/load_convnext.json`` for the ConvNeXt rows,
-``--sizes resnet18 resnet50 --out bench/results/load_resnet.json`` for the ResNet ones.
+safetensors checkpoint; the folder of transformers' native port: ViTModel, ConvNextModel, ResNetModel,
+EfficientNetModel, MobileNetV2Model). Each measurement is a fresh process: library imports happen first and are not
+timed (the same transformers modules for ours and the native port; importing our remote-code files is part of the
+timed load), then the load call is timed and the process reports its peak RSS (VmHWM). Loads run interleaved (ours,
+timm, native, ours, ...); medians and ratios are reported. ``--sizes convnext_t convnext_b --out
+bench/results/load_convnext.json`` for the ConvNeXt rows, ``--sizes resnet18 resnet50 --out
+bench/results/load_resnet.json`` for the ResNet ones, ``--sizes efficientnet_b0 mobilenetv2_100 --out
+bench/results/load_efficientnet.json`` for the EfficientNet family's.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ SIZES = {
     "convnext_b": ("convnext_base", "convnext"),
     "resnet18": ("resnet18", "resnet"),
     "resnet50": ("resnet50", "resnet"),
+    "efficientnet_b0": ("efficientnet_b0", "efficientnet"),
+    "mobilenetv2_100": ("mobilenetv2_100", "mobilenet_v2"),
 }
 
 CHILD = r"""

@@ -284,7 +284,7 @@ def _split_block_key(key: str) -> tuple[str, str, str]:
     return ".".join(parts[:3]), ".".join(parts[3:-1]), parts[-1]
 
 
-def efficientnet(timm_model) -> EfficientNetModel:
+def efficientnet(timm_model, attn: str | None = None) -> EfficientNetModel:
     """timm ``efficientnet_b0``/``tf_efficientnet_b0`` -> transformers EfficientNetModel (B0 layout). The native
     model pads its strided convs as TF's "SAME" at even sizes (a pixel right and bottom), as the ``tf_`` weights
     expect; ``efficientnet_b0``'s weights run there with PyTorch's symmetric padding, so its outputs differ."""
@@ -311,7 +311,7 @@ def efficientnet(timm_model) -> EfficientNetModel:
     return model.eval()
 
 
-def mobilenet_v2(timm_model) -> MobileNetV2Model:
+def mobilenet_v2(timm_model, attn: str | None = None) -> MobileNetV2Model:
     """timm ``mobilenetv2_100`` -> transformers MobileNetV2Model (PyTorch padding: ``tf_padding=False``)."""
     config = MobileNetV2Config(tf_padding=False, layer_norm_eps=float(timm_model.bn1.eps))
     flat, state, out = _flat_blocks(timm_model), timm_model.state_dict(), {}
