@@ -36,16 +36,20 @@ def forward(name: str, title: str, script: str = "bench_forward.py", variant: st
     spread = f", in each of {data['meta']['processes']} fresh processes" if "processes" in data["meta"] else ""
     lines = [f"**{title}** ({_meta(data['meta'])}). Ratios: median over interleaved repetitions{spread} of", ""]
     lines[0] += " the other's time / ours (> 1: we are faster), with the interquartile range."
+    calls = all("module_calls" in row for row in data["rows"])  # the stage bench counts module forwards too
     lines += [
         f"| config | {'attention' if variant == 'attn' else 'memory format'} | batch | ours ms | timm ms | native ms "
-        "| vs timm | vs native port |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| vs timm | vs native port |{' modules per forward (ours / timm) |' if calls else ''}",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if calls else ""),
     ]
     for row in data["rows"]:
         ms = row["median_ms"]
+        native = f"{ms['native']:.1f}" if "native" in ms else "-"
+        counted = row.get("module_calls", {})
         lines.append(
-            f"| {row['config']} | {row[variant]} | {row['batch']} | {ms['ours']:.1f} | {ms['timm']:.1f} | "
-            f"{ms.get('native', float('nan')):.1f} | {_ratio(row['ours_vs_timm'])} | {_ratio(row['ours_vs_native'])} |"
+            f"| {row['config']} | {row[variant]} | {row['batch']} | {ms['ours']:.1f} | {ms['timm']:.1f} | {native} | "
+            f"{_ratio(row['ours_vs_timm'])} | {_ratio(row['ours_vs_native'])} |"
+            + (f" {counted['ours']} / {counted['timm']} |" if calls else "")
         )
     if data.get("scaling"):
         base = data["scaling"][0]
@@ -108,9 +112,18 @@ def main() -> None:
         forward("forward_cuda_bf16_compile.json", "Forward, GPU bf16, torch.compile"),
         forward("stage_forward_cpu.json", "ConvNeXt forward, CPU fp32, 224", "bench_stage_forward.py", "format"),
         forward("stage_forward_resnet_cpu.json", "ResNet forward, CPU fp32, 224", "bench_stage_forward.py", "format"),
+        *(
+            forward(f"stage_forward_efficientnet{suffix}_cpu.json", title, "bench_stage_forward.py", "format")
+            for suffix, title in (
+                ("", "EfficientNet family forward, CPU fp32, 224"),
+                ("_overhead", "EfficientNet family per-forward overhead, CPU fp32, batch 1 at 32 px"),
+                ("_compile", "EfficientNet family forward, CPU fp32, 224, torch.compile"),
+            )
+        ),
         load(),
         load("load_convnext.json", "Load, ConvNeXt"),
         load("load_resnet.json", "Load, ResNet"),
+        load("load_efficientnet.json", "Load, EfficientNet family"),
         conversion(),
     ]
     body = "\n\n".join("\n".join(section) for section in sections)
