@@ -191,7 +191,9 @@ def test_lora_trains_saves_reloads_and_merges(variant, targets, toy, folders, hf
     if hooks_of(variant.removesuffix("-headless")).learns_toy_task:
         assert falls(summary["losses"])
     assert summary["reloaded_max_abs_diff"] == 0.0
-    assert summary["merged_max_diff"] < 1e-5
+    # merging rounds each adapted weight once; EfficientNet's ~50 BatchNorm-SiLU-SE steps carry that to ~3e-5 of
+    # the logits' magnitude (measured; other families ~1e-6)
+    assert summary["merged_max_diff"] < 1e-4
     assert summary["backbone_change_from_lora"] > 1e-3  # the merge really moved the backbone
     assert summary["adapter_files"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
