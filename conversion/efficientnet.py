@@ -15,12 +15,11 @@ from contextlib import contextmanager
 import timm
 import timm.models.efficientnet as timm_efficientnet
 import timm.models.mobilenetv3 as timm_mobilenetv3
-import torch
 from timm.models._efficientnet_builder import round_channels
 from torch import nn
 
 from conversion.common import UnsupportedArchitecture, activation_name, head_fields, present, square_or_pair
-from conversion.stage_families import StageHooks, pool_type
+from conversion.stage_families import AttentionStageHooks, pool_type
 from vitzoo_hf import VitzooEfficientNetConfig
 
 TIMM_CLASSES = ("EfficientNet", "MobileNetV3")
@@ -325,10 +324,21 @@ def narrowed(width: float) -> Iterator[None]:
 CREATORS = ((timm_efficientnet, "_create_effnet"), (timm_mobilenetv3, "_create_mnv3"))
 
 
-class EfficientNetHooks(StageHooks):
+def _run_positions(stage: nn.Sequential) -> list[int]:
+    """Each block's 1-based place in its run of equal blocks (same type and output width), the unit timm's
+    block specs repeat and ``truncate`` cuts."""
+    positions, previous = [], None
+    for block in stage:
+        key = (type(block).__name__, _out_width(block))
+        positions.append(positions[-1] + 1 if key == previous else 1)
+        previous = key
+    return positions
+
+
+class EfficientNetHooks(AttentionStageHooks):
     timm_classes = TIMM_CLASSES
     timm_modules = ("efficientnet", "mobilenetv3")
-    attention = True  # the MobileNetV4 hybrids; ``attends`` says which models
+    # attention: the MobileNetV4 hybrids only; ``attends`` says which models
     tiny_width = 0.25  # of timm's widths (see ``build_tiny``)
     tiny = dict(num_classes=7)
     variants = {
@@ -410,15 +420,7 @@ class EfficientNetHooks(StageHooks):
             return timm.create_model(entrypoint, pretrained=False, **{**self.tiny, **kwargs})
 
     def attends(self, config: VitzooEfficientNetConfig) -> bool:
-        return any(spec["type"] == "mqa" for stage in config.block_specs for spec in stage)
-
-    def verification_inputs(self, reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
-        """The stage inputs; for models with attention blocks also the eager path (``output_attentions``)."""
-        inputs = super().verification_inputs(reference)
-        if not any(type(m).__name__ == "MobileAttention" for m in reference.modules()):
-            return inputs
-        pixels, _ = inputs["native"]
-        return {**inputs, "eager": (pixels.flip(0), {"output_attentions": True})}
+        return config.has_attention
 
     def truncate(self, model: nn.Module, blocks: int) -> nn.Module:
         """The first ``blocks`` blocks of each run of equal blocks in every stage (not of the stage: a stage whose
@@ -426,27 +428,14 @@ class EfficientNetHooks(StageHooks):
         if blocks < 1:
             raise ValueError(f"A truncated copy keeps at least one block per group, not {blocks}.")
         for stage in model.blocks:
-            drop, previous, run = [], None, 0
-            for index, block in enumerate(stage):
-                key = (type(block).__name__, _out_width(block))
-                run = run + 1 if key == previous else 1
-                previous = key
-                if run > blocks:
-                    drop.append(index)
-            for index in reversed(drop):
-                del stage[index]
+            for index, position in reversed(list(enumerate(_run_positions(stage)))):
+                if position > blocks:
+                    del stage[index]
         return model
 
     def num_blocks(self, model: nn.Module) -> int:
         """The longest run of equal blocks (what ``truncate`` cuts)."""
-        longest = 1
-        for stage in model.blocks:
-            previous, run = None, 0
-            for block in stage:
-                key = (type(block).__name__, _out_width(block))
-                run = run + 1 if key == previous else 1
-                previous, longest = key, max(longest, run)
-        return longest
+        return max(max(_run_positions(stage), default=1) for stage in model.blocks)
 
     def convert_key(self, key: str, with_head: bool = True) -> str | None:
         return efficientnet_key(key, with_head)

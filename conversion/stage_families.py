@@ -77,11 +77,14 @@ class StageHooks(FamilyHooks):
 
 class AttentionStageHooks(StageHooks):
     """Stages that compute attention (hybrids, window attention): besides the stage inputs, the native size runs
-    once more with ``output_attentions=True``, which takes the eager path, so both attention paths meet timm."""
+    once more with ``output_attentions=True``, which takes the eager path, so both attention paths meet timm. A
+    family where only some models attend says which in ``attends``; the others skip the eager input."""
 
     attention = True
 
     def verification_inputs(self, reference: nn.Module) -> dict[str, tuple[torch.Tensor, dict]]:
         inputs = super().verification_inputs(reference)
+        if not self.attends(self.config_from_timm(reference)):
+            return inputs
         pixels, _ = inputs["native"]
         return {**inputs, "eager": (pixels.flip(0), {"output_attentions": True})}

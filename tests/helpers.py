@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,6 +115,34 @@ def save_tiny_folder(
     model.save_pretrained(folder)
     VitzooImageProcessor(size={"shortest_edge": 32}, crop_pct=0.9).save_pretrained(folder)
     return model, timm_model
+
+
+def stage_outputs_match_timm(
+    timm_model: torch.nn.Module,
+    ours: torch.nn.Module,
+    sizes: list[tuple[int, int]],
+    timm_maps: Callable[[torch.nn.Module, torch.Tensor], list[torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, Any]]:
+    """A stage family's classifier against timm at each (height, width): ``last_hidden_state`` = timm's
+    ``forward_features``, pre-logits, logits, and the hidden states = ``timm_maps`` (the stem's map, then each
+    stage's), within 1e-5. Yields each input and the base model's output for the family's own checks; a headless
+    timm model must give a config without a head."""
+    base_model = getattr(ours, ours.base_model_prefix)
+    tol = dict(atol=1e-5, rtol=1e-5)
+    for height, width in sizes:
+        x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+        with torch.no_grad():
+            base = base_model(x, output_hidden_states=True)
+            features = timm_model.forward_features(x)
+            torch.testing.assert_close(base.last_hidden_state, features, **tol)
+            torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **tol)
+            torch.testing.assert_close(ours(x).logits, timm_model(x), **tol)
+            theirs = timm_maps(timm_model, x)
+            assert len(base.hidden_states) == len(theirs)
+            for index, (mine, their) in enumerate(zip(base.hidden_states, theirs, strict=True)):
+                torch.testing.assert_close(mine, their, **tol, msg=f"hidden state {index} at {height}x{width}")
+            yield x, base
+    assert (not timm_model.num_classes) == (ours.config.head_type == "none")
 
 
 def check_stage_model_calls(variant: str, hidden_shapes: list[tuple[int, int, int]]) -> None:

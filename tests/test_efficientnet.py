@@ -19,6 +19,7 @@ from tests.helpers import (
     check_stage_model_calls,
     make_timm,
     perturb,
+    stage_outputs_match_timm,
     train_step_matches_timm,
     vitzoo_from_timm,
 )
@@ -41,22 +42,12 @@ def timm_stage_maps(timm_model: nn.Module, x: torch.Tensor) -> list[torch.Tensor
 def test_outputs_equal_timm_at_every_size(variant: str) -> None:
     timm_model = make_timm(variant)
     ours = vitzoo_from_timm(timm_model, "classifier")
-    for height, width in SIZES:
-        x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+    for x, base in stage_outputs_match_timm(timm_model, ours, SIZES, timm_stage_maps):
+        assert len(base.hidden_states) == len(timm_model.blocks) + 1
         with torch.no_grad():
-            base = ours.efficientnet(x, output_hidden_states=True)
-            features = timm_model.forward_features(x)
-            torch.testing.assert_close(base.last_hidden_state, features, **TOL)
-            torch.testing.assert_close(base.pooler_output, timm_model.forward_head(features, pre_logits=True), **TOL)
-            torch.testing.assert_close(ours(x).logits, timm_model(x), **TOL)
-            theirs = timm_stage_maps(timm_model, x)
-            assert len(base.hidden_states) == len(theirs) == len(timm_model.blocks) + 1
-            for index, (mine, their) in enumerate(zip(base.hidden_states, theirs, strict=True)):
-                torch.testing.assert_close(mine, their, **TOL, msg=f"hidden state {index}")
             intermediates = timm_model.forward_intermediates(x, intermediates_only=True)
-            for info, their in zip(timm_model.feature_info, intermediates, strict=True):
-                torch.testing.assert_close(base.hidden_states[info["stage"]], their, **TOL)
-    assert (not timm_model.num_classes) == (ours.config.head_type == "none")
+        for info, their in zip(timm_model.feature_info, intermediates, strict=True):
+            torch.testing.assert_close(base.hidden_states[info["stage"]], their, **TOL)
 
 
 def test_flags_are_read_off_timm() -> None:
@@ -168,6 +159,15 @@ def test_hybrid_returns_attention_maps_on_both_paths() -> None:
         torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]), **TOL)
     with pytest.raises(ValueError, match="no attention maps"):
         vitzoo_from_timm(make_timm("efficientnet_b0"), "classifier")(x, output_attentions=True)
+
+
+def test_verification_takes_the_eager_path_only_for_models_that_attend() -> None:
+    """A conversion checks the eager attention path against timm where a model has attention blocks, and only
+    there (a conv model has no eager path; the flag would be refused)."""
+    hybrid, conv = make_timm("mobilenetv4_hybrid_medium"), make_timm("efficientnet_b0")
+    assert sorted(HOOKS.verification_inputs(hybrid)) == ["eager", "native", "resized"]
+    assert HOOKS.verification_inputs(hybrid)["eager"][1] == {"output_attentions": True}
+    assert sorted(HOOKS.verification_inputs(conv)) == ["native", "resized"]
 
 
 @pytest.mark.parametrize(

@@ -189,5 +189,10 @@ class VitzooEfficientNetConfig(StageConfig):
         """Channels of the pre-logits vector."""
         return self.head_channels or self.hidden_sizes[-1]
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether any block attends (the MobileNetV4 hybrids' ``mqa``): only these models have maps to return."""
+        return any(spec["type"] == "mqa" for stage in self.block_specs for spec in stage)
+
 
 __all__ = ["VitzooEfficientNetConfig"]

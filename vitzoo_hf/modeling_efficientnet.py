@@ -398,8 +398,7 @@ class VitzooEfficientNetModel(StageModelBase, VitzooEfficientNetPreTrainedModel)
 
     @property
     def stage_attentions(self) -> bool:
-        """Whether any block attends (MobileNetV4 hybrids): only then are attention maps there to return."""
-        return any(spec["type"] == "mqa" for stage in self.config.block_specs for spec in stage)
+        return self.config.has_attention
 
     def attention_backend(self, output_attentions: bool) -> Callable | None:
         return attention_function(self.config._attn_implementation, output_attentions)
