@@ -100,7 +100,8 @@ def time_interleaved(run: dict, x: torch.Tensor, reps: int, warmup: int, device:
 
 def in_fresh_processes(measure: Callable[[dict], dict], cell: dict, processes: int) -> dict:
     """``measure(cell)`` in ``processes`` new interpreters, one after another, merged: the largest output
-    difference, and per batch every process's times (each keeps its repetitions aligned across models).
+    difference, and per batch every process's times (each keeps its repetitions aligned across models); any other
+    entry (counts that do not vary, such as module calls) as the first process gave it.
 
     Why: on the CPU, a process's allocator settles into a state (which large buffers come back as fresh pages,
     where huge pages land) that holds for its whole life; the same three models measured in one process each
@@ -111,6 +112,8 @@ def in_fresh_processes(measure: Callable[[dict], dict], cell: dict, processes: i
     for _ in range(processes):
         with context.Pool(1) as pool:
             result = pool.apply(measure, (cell,))
+        for key, value in result.items():
+            merged.setdefault(key, value)
         for name, diff in result["diffs"].items():
             merged["diffs"][name] = max(diff, merged["diffs"].get(name, 0.0))
         for batch, times in result["times"].items():
