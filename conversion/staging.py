@@ -239,7 +239,7 @@ def phase(name: str) -> None:
         raise _Resume
 
     previous = signal.signal(signal.SIGUSR1, resume)
-    print(f"paused at {name}", flush=True)
+    print(f"paused at {name} (pid {os.getpid()})", flush=True)
     try:
         time.sleep(120)
     except _Resume:
