@@ -185,15 +185,26 @@ def train_step_matches_timm(variant: str, drop_path_rate: float) -> tuple[torch.
     return timm_model, ours
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers 5.24 renamed ``gradient_checkpointing_enable`` (now a deprecated alias) to
+    ``activation_checkpointing_enable``; older releases have only the first."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def check_gradient_checkpointing(variant: str) -> None:
     """The same gradients for every parameter with and without gradient checkpointing (each run from timm's
-    weights, so train-mode statistics start alike)."""
+    weights, so train-mode statistics start alike); the checkpointed units are the blocks (``_no_split_modules``),
+    never a whole stage."""
     timm_model = make_timm(variant)
     grads = []
     for checkpointing in (False, True):
         model = vitzoo_from_timm(timm_model, "classifier").train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_checkpointing(model)
+            units = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+            assert units and all(type(m).__name__ in model._no_split_modules for m in units)  # the blocks
+            assert not any(hasattr(stage, "gradient_checkpointing") for stage in model.base_model.stages)
         x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         model(x, labels=torch.tensor([1, 2])).loss.backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,20 +148,49 @@ def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folde
     assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
 
 
+def _split_units(model: torch.nn.Module) -> None:
+    """No placement goes inside a ``_no_split_modules`` unit (the block): each is whole on one device."""
+    for key in model.hf_device_map:
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            parent = type(model.get_submodule(".".join(parts[:depth]))).__name__
+            assert parent not in model._no_split_modules, f"{key} is placed inside a {parent}"
+
+
+def _split_stages(device_map: dict[str, str]) -> list[str]:
+    """The stages whose blocks sit on more than one device."""
+    devices: dict[str, set[str]] = {}
+    for key, device in device_map.items():
+        if (match := re.match(r"(.*\.stages\.\d+)\.", key)) is not None:
+            devices.setdefault(match[1], set()).add(device)
+    return [stage for stage, placed in devices.items() if len(placed) > 1]
+
+
 @pytest.mark.parametrize("variant", SHOWCASE)
 def test_device_map_with_disk_offload_and_meta_loading_match(variant, folders, tmp_path) -> None:
     folder, _, _ = folders(variant)
     reference = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     size = (folder / "model.safetensors").stat().st_size
-    # 70 % of the weights' size for memory (accelerate keeps headroom for the largest layer), the rest on disk
-    mapped = load_with_device_map(str(folder), f"{size * 7 // 10_000}KB", tmp_path).eval()
-    placements = set(mapped.hf_device_map.values())
-    assert placements == {"cpu", "disk"}, mapped.hf_device_map  # split across memory and offload
-    meta = load_on_meta(str(folder)).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference(x).logits
-        torch.testing.assert_close(mapped(x).logits, expected, rtol=0, atol=0)
+    # Part of the weights' size for memory (accelerate keeps headroom for the largest layer), the rest on disk; the
+    # stage families from 90 % down until the split falls inside a stage (blocks, not stages, are the units).
+    staged = any(".stages." in name for name, _ in reference.named_modules())
+    for percent in range(90, 0, -10) if staged else [70]:
+        mapped = load_with_device_map(str(folder), f"{size * percent // 100_000}KB", tmp_path / str(percent)).eval()
+        if staged and set(mapped.hf_device_map.values()) != {"cpu", "disk"}:
+            continue  # this budget put the whole model on disk
+        assert set(mapped.hf_device_map.values()) == {"cpu", "disk"}, mapped.hf_device_map  # memory and offload
+        _split_units(mapped)
+        with torch.no_grad():
+            torch.testing.assert_close(mapped(x).logits, expected, rtol=0, atol=0)
+        if _split_stages(mapped.hf_device_map):
+            break
+    else:
+        assert not staged, f"no budget split a stage of {variant} across devices: {mapped.hf_device_map}"
+    meta = load_on_meta(str(folder)).eval()
+    with torch.no_grad():
         torch.testing.assert_close(meta(x).logits, expected, rtol=0, atol=0)
 
 

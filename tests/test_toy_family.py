@@ -202,7 +202,7 @@ from .stage_modeling import (
 )
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
     def __init__(self, dim):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
@@ -212,7 +212,7 @@ class Block(nn.Module):
         return x + torch.relu(self.bn(self.conv(x)))
 
 
-class Stage(GradientCheckpointingLayer):
+class Stage(nn.Module):
     def __init__(self, config, index):
         super().__init__()
         dims = [config.stem_width, *config.hidden_sizes]
@@ -227,7 +227,7 @@ class Stage(GradientCheckpointingLayer):
 class VitzooToyPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooToyConfig
     base_model_prefix = "toy"
-    _no_split_modules = ["Stage"]
+    _no_split_modules = ["Block"]
 
     def _init_weights(self, module):
         init_stage_weights(module, self.config.initializer_range)
@@ -305,7 +305,7 @@ def grid_distance(height, width, device):
     return (coords[:, None] - coords[None]).abs().sum(-1).float()
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
     def __init__(self, config, dim):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -336,7 +336,7 @@ class PatchMerge(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class Stage(GradientCheckpointingLayer):
+class Stage(nn.Module):
     def __init__(self, config, index):
         super().__init__()
         dims = [config.stem_width, *config.hidden_sizes]
@@ -356,7 +356,7 @@ class Stage(GradientCheckpointingLayer):
 class VitzooToyHybridPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooToyHybridConfig
     base_model_prefix = "toyhybrid"
-    _no_split_modules = ["Stage"]
+    _no_split_modules = ["Block"]
     _supports_sdpa = True
 
     def _init_weights(self, module):

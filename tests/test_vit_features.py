@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import make_timm, vitzoo_from_timm
+from tests.helpers import enable_checkpointing, make_timm, vitzoo_from_timm
 from vitzoo_hf import VitzooViTConfig, VitzooViTForImageClassification, VitzooViTModel
 
 
@@ -129,7 +129,7 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     for checkpointing in (False, True):
         model = vitzoo_from_timm(timm_model, "classifier").train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_checkpointing(model)
             assert all(block.gradient_checkpointing for block in model.vit.blocks)
         model(images(), labels=torch.tensor([0, 1, 2, 3])).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

@@ -271,7 +271,7 @@ class MultiQueryAttention2d(nn.Module):
         return self.output(out), weights
 
 
-class MobileAttention(nn.Module):
+class MobileAttention(GradientCheckpointingLayer):
     """timm's ``MobileAttention`` ("mqa", MobileNetV4 hybrids): norm, multi-query attention, LayerScale, skip."""
 
     def __init__(self, config, spec: dict, in_channels: int, stride: int, drop_path: float) -> None:
@@ -308,7 +308,14 @@ def build_block(config, spec: dict, in_channels: int, stride: int, drop_path: fl
     return {**blocks, "mqa": MobileAttention}[kind](config, spec, in_channels, stride, drop_path)
 
 
-class VitzooEfficientNetStage(GradientCheckpointingLayer):
+# Every block type build_block makes: the units of checkpointing, FSDP wrapping and device placement.
+BLOCK_CLASSES = (
+    DepthwiseSeparableConv, InvertedResidual, CondConvResidual, ConvBnAct, EdgeResidual, UniversalInvertedResidual,
+    MobileAttention,
+)  # fmt: skip
+
+
+class VitzooEfficientNetStage(nn.Module):
     """A stage's blocks (timm's ``blocks[i]``); the first is strided. Called with the pass's attention backend
     where the model attends, it returns the map and its attention blocks' maps."""
 
@@ -356,7 +363,7 @@ class VitzooEfficientNetPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooEfficientNetConfig
     config: VitzooEfficientNetConfig
     base_model_prefix = "efficientnet"
-    _no_split_modules = ["VitzooEfficientNetStage"]
+    _no_split_modules = [block.__name__ for block in BLOCK_CLASSES]
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -64,11 +64,13 @@ def build_shortcut(config: VitzooResNetConfig, in_channels: int, out_channels: i
     return projection_shortcut(in_channels, out_channels, stride, norm, config.down_kernel_size, config.avg_down)
 
 
-class ResNetBlock(nn.Module):
+class ResNetBlock(GradientCheckpointingLayer):
     """A residual block: the block type's branch (``residual``), then attention (SE/ECA), drop path, the shortcut
-    (projected where the shape changes) and the final activation. Each intermediate is dropped as soon as the next
-    one exists, as in timm: one step per line, since a nested call keeps the previous line's tensor bound (and
-    alive) through the whole expression; holding one longer makes the allocator take fresh pages (CPU time).
+    (projected where the shape changes) and the final activation; the unit of gradient checkpointing, FSDP wrapping
+    and device placement (``_no_split_modules``), as timm checkpoints per block. Each intermediate is dropped as
+    soon as the next one exists, as in timm: one step per line, since a nested call keeps the previous line's
+    tensor bound (and alive) through the whole expression; holding one longer makes the allocator take fresh pages
+    (CPU time).
 
     A block type builds its branch in ``build_branch`` (timm's module order: the branch, then attention and the
     shortcut), marking its last norm ``last_in_block`` (``zero_init_last`` starts it at zero); ``inner`` gives the
@@ -229,7 +231,7 @@ def build_stem_pool(config: VitzooResNetConfig) -> nn.Module:
     return nn.MaxPool2d(3, 2, 1)
 
 
-class VitzooResNetStage(GradientCheckpointingLayer):
+class VitzooResNetStage(nn.Module):
     """A stage's blocks; the first block is strided in every stage after the first."""
 
     def __init__(self, config: VitzooResNetConfig, index: int, drop_rates: list[float]) -> None:
@@ -263,7 +265,7 @@ class VitzooResNetPreTrainedModel(VitzooPreTrainedMixin, PreTrainedModel):
     config_class = VitzooResNetConfig
     config: VitzooResNetConfig
     base_model_prefix = "resnet"
-    _no_split_modules = ["VitzooResNetStage"]
+    _no_split_modules = [block.__name__ for block in BLOCKS.values()]
 
     def _init_weights(self, module: nn.Module) -> None:
         """timm's init: convs Kaiming-normal (fan out), norms at identity, and (``zero_init_last``) each block's

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .common_layers import Activation, DropPath
 
@@ -261,9 +262,10 @@ def projection_shortcut(
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False), norm)
 
 
-class SkipBlock(nn.Module):
+class SkipBlock(GradientCheckpointingLayer):
     """timm's EfficientNet block rule: the block's ``residual`` branch, plus (after drop path) its input where the
-    shape allows a skip (stride 1, same width) and the block has one."""
+    shape allows a skip (stride 1, same width) and the block has one. Each block is a unit of gradient
+    checkpointing (and, named in ``_no_split_modules``, of FSDP wrapping and device placement)."""
 
     def init_skip(self, in_channels: int, out_channels: int, stride: int, skip: bool, drop_path: float) -> None:
         self.has_skip = skip and stride == 1 and in_channels == out_channels
