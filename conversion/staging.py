@@ -239,8 +239,8 @@ def phase(name: str) -> None:
         raise _Resume
 
     previous = signal.signal(signal.SIGUSR1, resume)
-    print(f"paused at {name} (pid {os.getpid()})", flush=True)
-    try:
+    try:  # before the print: the resume can land as soon as the line is out, before the sleep begins
+        print(f"paused at {name} (pid {os.getpid()})", flush=True)
         time.sleep(120)
     except _Resume:
         pass
