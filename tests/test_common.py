@@ -98,11 +98,15 @@ class TokenModelTest(ClassifierShapes, ModelTesterMixin):
         self.config_tester.run_common_tests()
 
     def test_model_get_set_embeddings(self) -> None:
-        """Vision models expose the patch embedding (a Conv2d), not an nn.Embedding, and no output embeddings."""
+        """The input embedding is the token embedding (a ``_no_split_modules`` unit, the patch conv first), not an
+        nn.Embedding, and there are no output embeddings."""
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
             model = model_class(config)
-            self.assertIsInstance(model.get_input_embeddings().proj, torch.nn.Conv2d)
+            embeddings = model.get_input_embeddings()
+            self.assertIn(type(embeddings).__name__, model._no_split_modules)
+            first = next(m for m in embeddings.modules() if not list(m.children()))
+            self.assertIsInstance(first, torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
 
 

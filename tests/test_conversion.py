@@ -267,14 +267,15 @@ def test_batch_converts_a_manifest_skips_finished_and_reports(tmp_path: Path) ->
 
 
 def test_sweep_converts_real_tags_at_reduced_depth() -> None:
+    """The sweep command end to end on two small real tags (each variant's own tag is converted below)."""
     run = subprocess.run(
-        [sys.executable, "-m", "conversion.sweep", "--filter", "sapiens2", "--depth", "2"],
+        [sys.executable, "-m", "conversion.sweep", "--filter", "deit_tiny", "--depth", "2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "5/5 converted with parity" in run.stdout
+    assert "2/2 converted with parity" in run.stdout
 
 
 # One real pretrained tag per architecture variant, converted end to end (checkpoint, streaming write,

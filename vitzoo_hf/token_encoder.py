@@ -242,7 +242,9 @@ class TokenModelMixin:
         return pool_tokens(config.global_pool, last_hidden_state, prefix, self.fc_norm, self.attn_pool, include)
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embed
+        """The whole token embedding (patches, prefix tokens, positions): it is a ``_no_split_modules`` unit, and
+        FSDP2 under accelerate shards the input embedding as its own unit, which must not sit inside another."""
+        return self.embeddings
 
     def forward(
         self,
@@ -302,7 +304,7 @@ class TokenBackboneMixin(VitzooBackboneMixin):
         self.init_backbone(config, [config.hidden_size] * (config.num_hidden_layers + 1))
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.base_model.embeddings.patch_embed
+        return self.base_model.embeddings
 
     def forward(
         self,

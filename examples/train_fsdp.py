@@ -1,0 +1,151 @@
+"""Sharded fine-tuning with accelerate's FSDP2: every block (the model's ``_no_split_modules``) is its own FSDP unit
+and activation-checkpointing unit; the sharded checkpoint is consolidated and saved with ``save_pretrained``.
+
+On a multi-GPU node (the config file holds the FSDP2 settings; see examples/accelerate/):
+
+    accelerate launch --config_file examples/accelerate/fsdp2.yaml examples/train_fsdp.py --model out/vit-l16 \\
+        --data data/toy --output-dir runs/fsdp
+
+Across nodes, the same command on every node with ``--num_machines``, ``--machine_rank`` and
+``--main_process_ip`` (examples/accelerate/slurm_fsdp2.sh). ``--cpu`` runs the same FSDP2 preparation on CPU
+processes over gloo, which is how the tests run it: accelerate (1.16) turns FSDP on only for GPU-like devices and
+otherwise falls back to DDP or, under ``accelerate launch --use_fsdp`` on a machine without GPUs, to unconnected
+single processes, so ``--cpu`` selects accelerate's FSDP mode itself (see ``fsdp_accelerator``).
+
+``--reference`` runs one process with the same global batches as gradient accumulation (what the sharded run must
+reproduce). The main process prints one JSON line: losses, the FSDP units, and the saved folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
+from accelerate.utils import DistributedType, merge_fsdp_weights, set_seed
+from image_folder import classifier_for, collate, load_image_folder, training_parser
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+
+def fsdp_accelerator(cpu: bool, grad_accum: int) -> Accelerator:
+    """The accelerator in FSDP2 mode: block-level auto-wrap from ``_no_split_modules``, activation checkpointing
+    per block, sharded state dicts. Under ``accelerate launch`` with an FSDP config, the config's settings."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return Accelerator(gradient_accumulation_steps=grad_accum)  # the plugin comes from the launcher's config
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",  # the classes named by the model's _no_split_modules
+        activation_checkpointing=True,
+        state_dict_type="SHARDED_STATE_DICT",
+        reshard_after_forward=True,
+    )
+    accelerator = Accelerator(cpu=cpu, fsdp_plugin=plugin, gradient_accumulation_steps=grad_accum)
+    if cpu and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate keeps MULTI_CPU (DDP) on CPUs although an FSDP plugin is given; the FSDP2 code path itself
+        # (fully_shard over a gloo mesh, DCP checkpoints) runs on CPU, so select it.
+        # Set as accelerate's own FSDP selection sets it (AcceleratorState and the PartialState it refreshes from).
+        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
+
+
+def fsdp_units(model: torch.nn.Module) -> dict[str, str]:
+    """Module path -> class of every FSDP2 unit but the root (seen through its checkpoint wrapper; fully_shard
+    swaps a module's class for an ``FSDP<Class>`` subclass, the original class is the first base after it)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {}
+    for name, module in model.named_modules():
+        if name and isinstance(module, FSDPModule):
+            module = getattr(module, "_checkpoint_wrapped_module", module)
+            original = next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
+            units[name.replace("._checkpoint_wrapped_module", "")] = original.__name__
+    return units
+
+
+def average_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """FSDP, unlike DDP, does not broadcast buffers: each process's BatchNorm running statistics follow its own
+    batches. Average them (as timm's ``distribute_bn`` does) so every shard and the checkpoint hold one value."""
+    with torch.no_grad():
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(accelerator.reduce(buffer, reduction="mean"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = training_parser(__doc__, batch_size=4, epochs=1, learning_rate=1e-3)  # batch size per process
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps")
+    parser.add_argument("--cpu", action="store_true", help="CPU processes talking over gloo, even with GPUs present")
+    parser.add_argument("--reference", action="store_true", help="one process, no sharding, gradient accumulation")
+    parser.add_argument(
+        "--float64", action="store_true",
+        help="train in float64, to compare with --reference beyond float32 rounding (which small BN models amplify)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--optimizer", choices=["adamw", "sgd"], default="adamw",
+        help="sgd for comparing runs: Adam's normalised step turns rounding in near-zero gradients into lr-sized moves",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+
+    set_seed(args.seed)
+    dataset, labels, _ = load_image_folder(args.data, args.model)
+    dtype = torch.float64 if args.float64 else torch.float32
+    model = classifier_for(args.model, labels).to(dtype)
+    # No shuffling: batch i goes to process i % world size, so the reference's accumulated batches are the same.
+    train = DataLoader(dataset["train"], batch_size=args.batch_size, collate_fn=collate)
+    if args.reference:
+        accelerator = Accelerator(cpu=args.cpu, gradient_accumulation_steps=2)
+    else:
+        accelerator = fsdp_accelerator(args.cpu, grad_accum=1)
+    optimizer = (torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.SGD)(
+        model.parameters(), lr=args.learning_rate
+    )
+    model, optimizer, train = accelerator.prepare(model, optimizer, train)
+
+    model.train()
+    losses: list[float] = []
+    batches = iter(train)
+    for _ in range(args.steps * accelerator.gradient_accumulation_steps):
+        with accelerator.accumulate(model):
+            batch = next(batches)
+            loss = model(pixel_values=batch["pixel_values"].to(dtype), labels=batch["labels"]).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+    if args.reference:  # the mean of the accumulated batches, as the sharded run's mean over processes
+        losses = [sum(losses[i : i + 2]) / 2 for i in range(0, len(losses), 2)]
+
+    summary: dict = {"world_size": accelerator.num_processes, "losses": losses, "units": fsdp_units(model)}
+    if args.reference:
+        accelerator.unwrap_model(model).save_pretrained(args.output_dir / "model")
+        summary["saved"] = str(args.output_dir / "model")
+    else:
+        # The sharded checkpoint, as accelerate writes it (DCP shards per process), then consolidated two ways:
+        # merged from the shards offline (`accelerate merge-weights`) and gathered in memory (get_state_dict).
+        average_buffers(accelerator, model)
+        accelerator.save_state(args.output_dir / "state")
+        full = accelerator.get_state_dict(model)  # gathered to the main process, full tensors on the CPU
+        merged = args.output_dir / "merged"
+        merge_fsdp_weights(args.output_dir / "state" / "pytorch_model_fsdp_0", merged)  # every process: a barrier
+        if accelerator.is_main_process:
+            base = classifier_for(args.model, labels).to(dtype)  # the same architecture, unsharded, for save_pretrained
+            base.load_state_dict(load_file(merged / "model.safetensors"), strict=True)
+            base.save_pretrained(args.output_dir / "model")
+            shutil.rmtree(merged)
+            summary["saved"] = str(args.output_dir / "model")
+            summary["merged_equals_gathered"] = all(
+                torch.equal(tensor, full[name]) for name, tensor in base.state_dict().items()
+            ) and set(full) == set(base.state_dict())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(json.dumps(summary))
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
