@@ -76,7 +76,7 @@ def average_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = training_parser(__doc__, batch_size=4, epochs=1, learning_rate=1e-3)  # batch size per process
+    parser = training_parser(__doc__, batch_size=4, learning_rate=1e-3)  # batch size per process
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps")
     parser.add_argument("--cpu", action="store_true", help="CPU processes talking over gloo, even with GPUs present")
     parser.add_argument("--reference", action="store_true", help="one process, no sharding, gradient accumulation")
@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reference:  # the mean of the accumulated batches, as the sharded run's mean over processes
         losses = [sum(losses[i : i + 2]) / 2 for i in range(0, len(losses), 2)]
 
+    saved = args.output_dir / "model"
     summary: dict = {"world_size": accelerator.num_processes, "losses": losses, "units": fsdp_units(model)}
+    summary["saved"] = str(saved)
     if args.reference:
-        accelerator.unwrap_model(model).save_pretrained(args.output_dir / "model")
-        summary["saved"] = str(args.output_dir / "model")
+        accelerator.unwrap_model(model).save_pretrained(saved)
     else:
         # The sharded checkpoint, as accelerate writes it (DCP shards per process), then consolidated two ways:
         # merged from the shards offline (`accelerate merge-weights`) and gathered in memory (get_state_dict).
@@ -134,12 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
         if accelerator.is_main_process:
             base = classifier_for(args.model, labels).to(dtype)  # the same architecture, unsharded, for save_pretrained
             base.load_state_dict(load_file(merged / "model.safetensors"), strict=True)
-            base.save_pretrained(args.output_dir / "model")
+            base.save_pretrained(saved)
             shutil.rmtree(merged)
-            summary["saved"] = str(args.output_dir / "model")
-            summary["merged_equals_gathered"] = all(
-                torch.equal(tensor, full[name]) for name, tensor in base.state_dict().items()
-            ) and set(full) == set(base.state_dict())
+            state = base.state_dict()
+            summary["merged_equals_gathered"] = set(full) == set(state) and all(
+                torch.equal(tensor, full[name]) for name, tensor in state.items()
+            )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         print(json.dumps(summary))

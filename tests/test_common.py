@@ -22,6 +22,11 @@ from transformers_tests.test_configuration_common import ConfigTester  # noqa: E
 from transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor  # noqa: E402
 
 
+def first_leaf(module: torch.nn.Module) -> torch.nn.Module:
+    """The first module without children: what an input embedding applies first (a patch conv, a stem conv)."""
+    return next(m for m in module.modules() if not list(m.children()))
+
+
 class TesterInputs:
     """Inputs the suite asks a tester for; a family's tester adds ``get_config``."""
 
@@ -105,8 +110,7 @@ class TokenModelTest(ClassifierShapes, ModelTesterMixin):
             model = model_class(config)
             embeddings = model.get_input_embeddings()
             self.assertIn(type(embeddings).__name__, model._no_split_modules)
-            first = next(m for m in embeddings.modules() if not list(m.children()))
-            self.assertIsInstance(first, torch.nn.Conv2d)
+            self.assertIsInstance(first_leaf(embeddings), torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
 
 
@@ -168,8 +172,7 @@ class StageModelTest(ClassifierShapes, ModelTesterMixin):
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
         for model_class in self.all_model_classes:
             model = model_class(config)
-            first = next(m for m in model.get_input_embeddings().modules() if not list(m.children()))
-            self.assertIsInstance(first, torch.nn.Conv2d)
+            self.assertIsInstance(first_leaf(model.get_input_embeddings()), torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
 
     def test_hidden_states_output(self) -> None:
