@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
 from datasets import DatasetDict, load_dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification, BaseImageProcessor, PreTrainedModel
 
@@ -64,3 +65,71 @@ def training_parser(
     if learning_rate is not None:
         parser.add_argument("--learning-rate", type=float, default=learning_rate)
     return parser
+
+
+def sharded_training_parser(description: str, float64: bool = True) -> argparse.ArgumentParser:
+    """The options of the sharded-training examples: ``--reference`` runs the one-process equivalent that a
+    sharded run must reproduce, ``--float64`` (where the engine allows it) compares them beyond float32 rounding."""
+    parser = training_parser(description, batch_size=4, learning_rate=1e-3)  # batch size per process
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps")
+    parser.add_argument("--cpu", action="store_true", help="CPU processes talking over gloo, even with GPUs present")
+    parser.add_argument("--reference", action="store_true", help="one process, no sharding, gradient accumulation")
+    if float64:
+        parser.add_argument(
+            "--float64", action="store_true",
+            help="train in float64, to compare with --reference beyond float32 rounding (small BN models amplify it)",
+        )  # fmt: skip
+    return parser
+
+
+def block_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
+    """The classes the model names in ``_no_split_modules`` (its blocks): the units to shard and checkpoint.
+    Found among the model's modules, since remote-code classes are not importable by name."""
+    return {type(module) for module in model.modules() if type(module).__name__ in model._no_split_modules}
+
+
+WRAPPER_ATTRIBUTES = {"_fsdp_wrapped_module", "_checkpoint_wrapped_module"}  # FSDP1's and checkpointing's
+
+
+def fsdp_units(model: torch.nn.Module) -> dict[str, str]:
+    """Module path -> class of every FSDP unit but the root, under FSDP2 (``fully_shard`` swaps a module's class
+    for an ``FSDP<Class>`` subclass) or FSDP1 (a ``FullyShardedDataParallel`` wrapper), seen through checkpoint
+    wrappers."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    units = {}
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, FSDPModule | FullyShardedDataParallel):
+            continue
+        inner = module.module if isinstance(module, FullyShardedDataParallel) else module
+        inner = getattr(inner, "_checkpoint_wrapped_module", inner)
+        original = next(cls for cls in type(inner).__mro__ if not issubclass(cls, FSDPModule))
+        path = ".".join(part for part in name.split(".") if part not in WRAPPER_ATTRIBUTES)
+        units[path] = original.__name__
+    return units
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """FSDP, unlike DDP, does not broadcast buffers: each process's BatchNorm running statistics follow its own
+    batches. Average them over the processes (as timm's ``distribute_bn`` does) so every shard and the checkpoint
+    hold one value. Collective: every process calls it."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)  # a sum: gloo has no average
+                buffer.div_(dist.get_world_size())
+
+
+def select_fsdp_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
+    """accelerate (1.16) enables FSDP only on GPU-like devices and keeps CPU processes on DDP (MULTI_CPU) although
+    an FSDP plugin is given; the FSDP2 code path itself (``fully_shard`` over a gloo mesh, DCP checkpoints) runs on
+    CPUs. Select it as accelerate's own selection does: in AcceleratorState and in the PartialState it refreshes
+    from."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin

@@ -10,7 +10,7 @@ Across nodes, the same command on every node with ``--num_machines``, ``--machin
 ``--main_process_ip`` (examples/accelerate/slurm_fsdp2.sh). ``--cpu`` runs the same FSDP2 preparation on CPU
 processes over gloo, which is how the tests run it: accelerate (1.16) turns FSDP on only for GPU-like devices and
 otherwise falls back to DDP or, under ``accelerate launch --use_fsdp`` on a machine without GPUs, to unconnected
-single processes, so ``--cpu`` selects accelerate's FSDP mode itself (see ``fsdp_accelerator``).
+single processes, so ``--cpu`` selects accelerate's FSDP mode itself (see ``image_folder.select_fsdp_on_cpu``).
 
 ``--reference`` runs one process with the same global batches as gradient accumulation (what the sharded run must
 reproduce). The main process prints one JSON line: losses, the FSDP units, and the saved folders.
@@ -23,9 +23,17 @@ import os
 import shutil
 
 import torch
-from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
-from accelerate.utils import DistributedType, merge_fsdp_weights, set_seed
-from image_folder import classifier_for, collate, load_image_folder, training_parser
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate.utils import merge_fsdp_weights, set_seed
+from image_folder import (
+    average_buffers,
+    classifier_for,
+    collate,
+    fsdp_units,
+    load_image_folder,
+    select_fsdp_on_cpu,
+    sharded_training_parser,
+)
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -43,47 +51,13 @@ def fsdp_accelerator(cpu: bool, grad_accum: int) -> Accelerator:
         reshard_after_forward=True,
     )
     accelerator = Accelerator(cpu=cpu, fsdp_plugin=plugin, gradient_accumulation_steps=grad_accum)
-    if cpu and accelerator.distributed_type == DistributedType.MULTI_CPU:
-        # accelerate keeps MULTI_CPU (DDP) on CPUs although an FSDP plugin is given; the FSDP2 code path itself
-        # (fully_shard over a gloo mesh, DCP checkpoints) runs on CPU, so select it.
-        # Set as accelerate's own FSDP selection sets it (AcceleratorState and the PartialState it refreshes from).
-        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        accelerator.state.fsdp_plugin = plugin
+    if cpu:
+        select_fsdp_on_cpu(accelerator, plugin)
     return accelerator
 
 
-def fsdp_units(model: torch.nn.Module) -> dict[str, str]:
-    """Module path -> class of every FSDP2 unit but the root (seen through its checkpoint wrapper; fully_shard
-    swaps a module's class for an ``FSDP<Class>`` subclass, the original class is the first base after it)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    units = {}
-    for name, module in model.named_modules():
-        if name and isinstance(module, FSDPModule):
-            module = getattr(module, "_checkpoint_wrapped_module", module)
-            original = next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
-            units[name.replace("._checkpoint_wrapped_module", "")] = original.__name__
-    return units
-
-
-def average_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
-    """FSDP, unlike DDP, does not broadcast buffers: each process's BatchNorm running statistics follow its own
-    batches. Average them (as timm's ``distribute_bn`` does) so every shard and the checkpoint hold one value."""
-    with torch.no_grad():
-        for buffer in model.buffers():
-            if buffer.is_floating_point():
-                buffer.copy_(accelerator.reduce(buffer, reduction="mean"))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = training_parser(__doc__, batch_size=4, learning_rate=1e-3)  # batch size per process
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps")
-    parser.add_argument("--cpu", action="store_true", help="CPU processes talking over gloo, even with GPUs present")
-    parser.add_argument("--reference", action="store_true", help="one process, no sharding, gradient accumulation")
-    parser.add_argument(
-        "--float64", action="store_true",
-        help="train in float64, to compare with --reference beyond float32 rounding (which small BN models amplify)",
-    )  # fmt: skip
+    parser = sharded_training_parser(__doc__)
     parser.add_argument(
         "--optimizer", choices=["adamw", "sgd"], default="adamw",
         help="sgd for comparing runs: Adam's normalised step turns rounding in near-zero gradients into lr-sized moves",
@@ -127,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         # The sharded checkpoint, as accelerate writes it (DCP shards per process), then consolidated two ways:
         # merged from the shards offline (`accelerate merge-weights`) and gathered in memory (get_state_dict).
-        average_buffers(accelerator, model)
+        average_buffers(model)
         accelerator.save_state(args.output_dir / "state")
         full = accelerator.get_state_dict(model)  # gathered to the main process, full tensors on the CPU
         merged = args.output_dir / "merged"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from attention_map import cls_attention, overlay, render  # noqa: E402
+from image_folder import classifier_for  # noqa: E402
 from image_retrieval import build_index, extractor, search  # noqa: E402
 from load_big_model import load_on_meta, load_with_device_map  # noqa: E402
 from make_toy_images import CLASSES, make_image_folder  # noqa: E402
@@ -69,6 +71,16 @@ def run_example(
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def two_processes() -> list[str]:
+    """``accelerate launch`` of two processes on a free port: test workers running it at once collide on the
+    default port 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
 
 
 def falls(losses: list[float], window: int = 3) -> bool:
@@ -132,11 +144,10 @@ def test_lightning_two_stages_checkpoint_resume_and_load(variant, toy, folders, 
 @pytest.mark.parametrize("variant", SHOWCASE)
 def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folders, hf_home, tmp_path) -> None:
     model, _, _ = folders(variant)
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
     args = ["--model", str(model), "--data", str(toy), "--output-dir", str(tmp_path), "--cpu"]
     summary = run_example(
         "train_accelerate.py", *args, "--batch-size", "4", "--grad-accum", "2", "--epochs", "3",
-        hf_home=hf_home, launcher=launcher,
+        hf_home=hf_home, launcher=two_processes(),
     )  # fmt: skip
     assert summary["world_size"] == 2
     batches = TRAIN_IMAGES // (4 * 2)  # each process sees half of every global batch
@@ -152,6 +163,57 @@ def test_accelerate_two_processes_with_gradient_accumulation(variant, toy, folde
 
 
 BUFFER_KEYS = ("running_mean", "running_var", "num_batches_tracked")  # per-process BatchNorm statistics
+# One thread in every process: the CPU kernels' reduction order depends on the thread count, and the tiny
+# EfficientNet amplifies that rounding to 1e-6 in 3 steps; with it fixed the comparison is of the sharding alone.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def assert_every_block_is_a_unit(units: dict[str, str], model: torch.nn.Module) -> None:
+    """``units`` (module path -> class) holds every block the model names in ``_no_split_modules``, and no stage."""
+    blocks = {type(m).__name__ for m in model.modules()} & set(model._no_split_modules)
+    assert blocks and blocks <= set(units.values())
+    block_count = sum(type(m).__name__ in blocks for m in model.modules())
+    assert sum(name in blocks for name in units.values()) == block_count
+    assert not any(re.search(r"stages\.\d+$", path) for path in units)
+
+
+def sharded_and_single(
+    script: str, folder: Path, toy: Path, hf_home: Path, tmp_path: Path, *args: str, launcher=None
+) -> tuple[dict, dict]:
+    """The sharded run (two processes, through ``launcher`` or the script's own) and its ``--reference`` run on one
+    process, both on one thread and from the same folder."""
+    common = ["--model", str(folder), "--data", str(toy), "--cpu", "--steps", "3", *args]
+    sharded = run_example(
+        script, *common, "--output-dir", str(tmp_path / "sharded"), hf_home=hf_home, launcher=launcher, env=ONE_THREAD
+    )
+    single = run_example(
+        script, *common, "--reference", "--output-dir", str(tmp_path / "one"), hf_home=hf_home, env=ONE_THREAD
+    )
+    assert sharded["world_size"] == 2 and single["world_size"] == 1
+    assert len(sharded["losses"]) == 3 and np.isfinite(sharded["losses"]).all()
+    return sharded, single
+
+
+def assert_reloads_to_the_reference(sharded: dict, single: dict, folder: Path, tolerance: float) -> None:
+    """The sharded run's saved folder reloads with from_pretrained; every block was an FSDP unit (where FSDP ran);
+    its weights moved from the folder's and equal the one-process run's within ``tolerance`` (0: bit for bit).
+    BatchNorm buffers are left out: each process's running statistics follow its own batches."""
+    reloaded = AutoModelForImageClassification.from_pretrained(sharded["saved"], trust_remote_code=True)
+    assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    if "units" in sharded:
+        assert_every_block_is_a_unit(sharded["units"], reloaded)
+    saved = reloaded.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in load_file(Path(sharded["saved"]) / "model.safetensors").items())
+    before = load_file(folder / "model.safetensors")
+    assert any(not torch.equal(saved[k], v) for k, v in before.items() if k in saved and v.shape == saved[k].shape)
+    reference = AutoModelForImageClassification.from_pretrained(single["saved"], trust_remote_code=True).state_dict()
+    assert set(saved) == set(reference)
+    for name, tensor in reference.items():
+        if not name.endswith(BUFFER_KEYS):
+            # a sharding fault (a gradient not averaged, an update lost) moves weights by lr * gradient, ~1e-3
+            torch.testing.assert_close(
+                saved[name], tensor, rtol=tolerance, atol=tolerance, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 @pytest.mark.parametrize("variant", SHOWCASE)
@@ -160,53 +222,115 @@ def test_fsdp2_two_processes_match_one_and_the_sharded_checkpoint_reloads(
 ) -> None:
     """accelerate's FSDP2 over gloo: the blocks are the units, losses and weights equal a single process (float64,
     SGD: what is compared is the sharded math, not float32 rounding, which small BN models amplify), the DCP shards
-    merge to what was gathered, and save_pretrained + from_pretrained reloads it exactly."""
-    folder, _, _ = folders(variant)
-    common = ["--model", str(folder), "--data", str(toy), "--cpu", "--float64", "--optimizer", "sgd"]
-    common += ["--learning-rate", "0.05", "--steps", "3"]
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
-    # One thread in every process: the CPU kernels' reduction order depends on the thread count, and the tiny
-    # EfficientNet amplifies that rounding to 1e-6 in 3 steps; with it fixed the comparison is of the sharding alone.
-    threads = {"OMP_NUM_THREADS": "1"}
-    sharded = run_example(
-        "train_fsdp.py", *common, "--output-dir", str(tmp_path / "fsdp"),
-        hf_home=hf_home, launcher=launcher, env=threads,
-    )  # fmt: skip
-    single_dir = str(tmp_path / "one")
-    single = run_example(
-        "train_fsdp.py", *common, "--reference", "--output-dir", single_dir, hf_home=hf_home, env=threads
+    merge to what was gathered, and save_pretrained + from_pretrained reloads it."""
+    args = ["--float64", "--optimizer", "sgd", "--learning-rate", "0.05"]
+    folder = folders(variant)[0]
+    sharded, single = sharded_and_single(
+        "train_fsdp.py", folder, toy, hf_home, tmp_path, *args, launcher=two_processes()
     )
-    assert sharded["world_size"] == 2 and single["world_size"] == 1
     np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-8, atol=0)
-
-    reloaded = AutoModelForImageClassification.from_pretrained(sharded["saved"], trust_remote_code=True)
-    blocks = {type(m).__name__ for m in reloaded.modules()} & set(reloaded._no_split_modules)
-    assert blocks and blocks <= set(sharded["units"].values())
-    block_count = sum(type(m).__name__ in blocks for m in reloaded.modules())
-    assert sum(name in blocks for name in sharded["units"].values()) == block_count  # every block, no stage
-    assert not any(re.search(r"stages\.\d+$", path) for path in sharded["units"])
     assert sharded["merged_equals_gathered"] is True
-    saved = dict(reloaded.state_dict())
-    assert all(torch.equal(saved[k], v) for k, v in load_file(Path(sharded["saved"]) / "model.safetensors").items())
-    reference = AutoModelForImageClassification.from_pretrained(single["saved"], trust_remote_code=True).state_dict()
-    for name, tensor in reference.items():
-        if not name.endswith(BUFFER_KEYS):
-            # 1e-6: a sharding fault (a gradient not averaged, an update lost) moves weights by lr * gradient, ~1e-2
-            torch.testing.assert_close(saved[name], tensor, rtol=1e-6, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-    assert reloaded.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    assert_reloads_to_the_reference(sharded, single, folder, tolerance=1e-6)
 
 
-def test_fsdp2_config_file_is_what_the_recipe_says() -> None:
+# Trainer's FSDP2 is accelerate's (tested for every family above) and ZeRO-2 partitions only optimizer state and
+# gradients, whatever the model: one family each (the BatchNorm one most sensitive to rounding). ZeRO-3 builds and
+# partitions the model itself as it loads: every family.
+TRAINER_ENGINES = [("fsdp2", "efficientnet_b0"), ("zero2", "efficientnet_b0"), *(("zero3", v) for v in SHOWCASE)]
+
+
+@pytest.mark.parametrize(("engine", "variant"), TRAINER_ENGINES, ids=[f"{e}-{v}" for e, v in TRAINER_ENGINES])
+def test_trainer_sharded_two_processes_match_one_and_save_model_reloads(
+    engine, variant, toy, folders, hf_home, tmp_path
+) -> None:
+    """transformers' Trainer through accelerate: with an FSDP2 ``fsdp_config`` (auto-wrap from ``_no_split_modules``,
+    FSDP's activation checkpointing, full state dict) in float64, and with DeepSpeed ZeRO-2/3 (examples/deepspeed/,
+    DeepSpeed's CPU accelerator over gloo) in float32, all DeepSpeed takes. ZeRO-3 runs with ``--zero-init``: the
+    model is built and loaded partitioned, each process holding half of it from the start (what a model too large
+    for one process needs; it takes a folder whose head has the data's classes). SGD over two processes equals one
+    process accumulating the same batches, ``save_model``'s folder reloads with from_pretrained, and ZeRO's sharded
+    checkpoint consolidates (``zero_to_fp32``) to it."""
+    source, folder = folders(variant)[0], tmp_path / "three-classes"
+    classifier_for(source, sorted(CLASSES)).save_pretrained(folder)
+    AutoImageProcessor.from_pretrained(source, trust_remote_code=True).save_pretrained(folder)
+    args = ["--engine", engine, "--fixed-order", "--learning-rate", "0.01"]
+    args += {"fsdp2": ["--float64"], "zero2": [], "zero3": ["--zero-init"]}[engine]
+    sharded, single = sharded_and_single(
+        "train_trainer_sharded.py", folder, toy, hf_home, tmp_path, *args, launcher=two_processes()
+    )
+    if engine == "fsdp2":
+        np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-6, atol=0)  # Trainer logs float32
+        assert_reloads_to_the_reference(sharded, single, folder, tolerance=1e-9)
+        return
+    assert sharded["zero_stage"] == int(engine[-1]) and sharded["consolidated_equals_saved"] is True
+    # ZeRO-3 holds half of every partitioned parameter per process (small ones below DeepSpeed's threshold whole)
+    half_or_all = pytest.approx(0.5, abs=0.01) if engine == "zero3" else 1.0
+    assert sharded["parameter_share_held"] == half_or_all
+    if engine == "zero3":
+        assert sharded["parameter_share_held_at_load"] == half_or_all
+    # float32: the tiny EfficientNet amplifies rounding (one reduction order against another) to 2e-5 in 3 steps;
+    # the other families stay under 1e-7
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-3, atol=0)
+    assert_reloads_to_the_reference(sharded, single, folder, tolerance=1e-4)
+
+
+def test_trainer_zero_init_refuses_a_head_it_cannot_load_into(toy, folders, hf_home, tmp_path) -> None:
+    """transformers loads into a partitioned model only a checkpoint that matches it: a 7-class head for 3-class data
+    is refused before anything loads, naming both and the way out."""
+    folder = folders(SHOWCASE[0])[0]
+    command = [sys.executable, str(EXAMPLES / "train_trainer_sharded.py"), "--model", str(folder), "--data", str(toy)]
+    command += ["--output-dir", str(tmp_path / "out"), "--cpu", "--engine", "zero3", "--zero-init"]
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "head has 7 classes" in result.stderr and "the data has 3 ['blue', 'green', 'red']" in result.stderr
+    assert "Fine-tune without --zero-init" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("variant", SHOWCASE)
+def test_lightning_fsdp_two_processes_match_one_and_the_checkpoint_reloads(
+    variant, toy, folders, hf_home, tmp_path
+) -> None:
+    """Lightning's FSDPStrategy over gloo, the blocks as wrap and checkpointing policy: in float32 (Lightning's FSDP
+    has no 64-bit precision) the weights equal one process accumulating the same batches bit for bit, since the
+    two-process gradient mean (g0 + g1) / 2 and the accumulated g0 / 2 + g1 / 2 round alike (halving is exact).
+    Lightning's consolidated sharded checkpoint, saved with save_pretrained, reloads to them."""
+    folder = folders(variant)[0]
+    sharded, single = sharded_and_single(
+        "train_lightning_fsdp.py", folder, toy, hf_home, tmp_path, "--learning-rate", "0.01"
+    )
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-6, atol=0)  # means summed differently
+    assert_reloads_to_the_reference(sharded, single, folder, tolerance=0)
+
+
+def test_the_multi_gpu_recipes_are_what_the_docs_say() -> None:
+    """The files a user launches on GPUs, which the tests here cannot run there: accelerate's reading of the FSDP2
+    config, the DeepSpeed configs the Trainer tests use (ZeRO-3 gathering the weights for save_model), and Slurm
+    scripts that parse and launch an existing example with its recipe."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(EXAMPLES / "accelerate" / "fsdp2.yaml"))
     assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
     assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"  # from _no_split_modules
     assert config.fsdp_config["fsdp_activation_checkpointing"] is True
-    slurm = EXAMPLES / "accelerate" / "slurm_fsdp2.sh"
-    assert subprocess.run(["bash", "-n", str(slurm)]).returncode == 0
-    assert "--config_file examples/accelerate/fsdp2.yaml" in slurm.read_text()
-    assert "examples/train_fsdp.py" in slurm.read_text()
+    for stage in (2, 3):
+        zero = json.loads((EXAMPLES / "deepspeed" / f"zero{stage}.json").read_text())["zero_optimization"]
+        assert zero["stage"] == stage
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    scripts = {
+        "accelerate/slurm_fsdp2.sh": ["--config_file examples/accelerate/fsdp2.yaml", "examples/train_fsdp.py"],
+        "accelerate/slurm_trainer_sharded.sh": ["examples/train_trainer_sharded.py --engine $engine"],
+        "slurm_lightning_fsdp.sh": ["examples/train_lightning_fsdp.py --devices 8"],
+    }
+    assert set(scripts) == {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.sh")}
+    for name, expected in scripts.items():
+        script = EXAMPLES / name
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, name
+        text = " ".join(script.read_text().split())
+        assert all(" ".join(part.split()) in text for part in expected), name
+        launched = re.search(r"(examples/train_\w+\.py)", text).group(1)
+        assert (EXAMPLES.parent / launched).is_file(), name
 
 
 def _split_units(model: torch.nn.Module) -> None:
