@@ -29,7 +29,13 @@ from tests.transformers_envs import CI_VERSIONS, ROOT, transformers_python
 VERSIONS = tuple(os.environ.get("VITZOO_TRANSFORMERS_MATRIX", ",".join(CI_VERSIONS)).split(","))
 # What ``AutoBackbone.from_pretrained(local_folder, trust_remote_code=True)`` does per release line (docs/USAGE.md
 # states it from here); the documented route (the folder's backbone class) works in all of them.
-AUTO_BACKBONE_LOCAL = {"4.57": "works", "5.0": "works", "5.23": "HFValidationError", "5.24": "HFValidationError"}
+AUTO_BACKBONE_LOCAL = {
+    "4.57": "works",
+    "5.0": "works",
+    "5.23": "HFValidationError",
+    "5.24": "HFValidationError",
+    "5.25": "HFValidationError",
+}
 # Every registered family's showcase variants (a new family is covered by declaring them beside its hooks).
 VARIANTS = {f"{hooks.name}-{variant}": variant for hooks in conversions() for variant in hooks.showcase_variants}
 
