@@ -84,12 +84,10 @@ def what_was_sharded(trainer: Trainer) -> dict:
 
 
 def check_zero_init(args, labels: list[str]) -> None:
-    """``--zero-init`` needs ZeRO-3, and a folder whose head already has the data's classes: transformers (5.24)
+    """``--zero-init`` needs ZeRO-3, and a folder whose head already has the data's classes: transformers (5.24, 5.25)
     loads into a partitioned model only a checkpoint that matches it exactly (no ``ignore_mismatched_sizes``)."""
-    if args.engine != "zero3" or args.reference:
-        raise SystemExit(
-            f"--zero-init partitions the model as it loads, which only ZeRO-3 does; not --engine {args.engine}."
-        )
+    if args.engine != "zero3":
+        raise SystemExit(f"--zero-init partitions the model as it loads, which only ZeRO-3 does, not {args.engine}.")
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
     saved = [config.id2label[i] for i in sorted(config.id2label)]
     if saved != labels:

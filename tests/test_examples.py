@@ -274,17 +274,19 @@ def test_trainer_sharded_two_processes_match_one_and_save_model_reloads(
     assert_reloads_to_the_reference(sharded, single, folder, tolerance=1e-4)
 
 
-def test_trainer_zero_init_refuses_a_head_it_cannot_load_into(toy, folders, hf_home, tmp_path) -> None:
+def test_trainer_zero_init_refuses_what_it_cannot_load_into(toy, folders, hf_home, tmp_path) -> None:
     """transformers loads into a partitioned model only a checkpoint that matches it: a 7-class head for 3-class data
-    is refused before anything loads, naming both and the way out."""
+    is refused before anything loads, naming both and the way out; so is --zero-init without ZeRO-3."""
     folder = folders(SHOWCASE[0])[0]
     command = [sys.executable, str(EXAMPLES / "train_trainer_sharded.py"), "--model", str(folder), "--data", str(toy)]
-    command += ["--output-dir", str(tmp_path / "out"), "--cpu", "--engine", "zero3", "--zero-init"]
+    command += ["--output-dir", str(tmp_path / "out"), "--cpu", "--zero-init"]
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 1
-    assert "head has 7 classes" in result.stderr and "the data has 3 ['blue', 'green', 'red']" in result.stderr
-    assert "Fine-tune without --zero-init" in result.stderr
+    head = subprocess.run([*command, "--engine", "zero3"], capture_output=True, text=True, env=env, timeout=300)
+    assert head.returncode == 1
+    assert "head has 7 classes" in head.stderr and "the data has 3 ['blue', 'green', 'red']" in head.stderr
+    assert "Fine-tune without --zero-init" in head.stderr
+    engine = subprocess.run([*command, "--engine", "zero2"], capture_output=True, text=True, env=env, timeout=300)
+    assert engine.returncode == 1 and "which only ZeRO-3 does, not zero2" in engine.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -2,8 +2,10 @@
 
 Each is a venv under ``.cache/transformers-envs/<version>`` that sees this repo's ``.venv`` packages (torch above
 all, which would cost gigabytes to install again) through a ``.pth`` line placed after its own site-packages, so
-the release pip installs there (with the huggingface_hub and tokenizers it needs) shadows ours. Built once,
-reused by later runs; a lock keeps parallel test workers from building the same one twice.
+the release pip installs there (with the huggingface_hub and tokenizers it needs) shadows ours. It also gets the
+``kernels`` its ``hub-kernels`` extra names: a release imports ``kernels`` whenever one is importable, and the one
+the current release pulls into our venv (0.19 for 5.25) breaks older releases' import. Built once, reused by later
+runs while the install line is the same; a lock keeps parallel test workers from building the same one twice.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def transformers_python(version: str) -> Path:
     root = ENVS / version
     python, ready = root / "bin" / "python", root / ".ready"
     ENVS.mkdir(parents=True, exist_ok=True)
+    spec = f"transformers[hub-kernels]=={version}"
     with FileLock(str(root) + ".lock", timeout=900):
-        if ready.is_file():
+        if ready.is_file() and ready.read_text().strip() == spec:
             return python
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
@@ -39,9 +42,9 @@ def transformers_python(version: str) -> Path:
             text=True,
         ).stdout.strip()
         (Path(own) / "zz_vitzoo_base.pth").write_text(site.getsitepackages()[0] + "\n")
-        install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"transformers=={version}"]
+        install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", spec]
         result = subprocess.run(install, capture_output=True, text=True)
         if result.returncode:
-            raise RuntimeError(f"installing transformers=={version} failed:\n{result.stderr[-3000:]}")
-        ready.write_text(version + "\n")
+            raise RuntimeError(f"installing {spec} failed:\n{result.stderr[-3000:]}")
+        ready.write_text(spec + "\n")
     return python
