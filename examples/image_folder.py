@@ -82,6 +82,12 @@ def sharded_training_parser(description: str, float64: bool = True) -> argparse.
     return parser
 
 
+def step_losses(losses: list[float], reference: bool) -> list[float]:
+    """One loss per optimizer step: the ``--reference`` run accumulates two batches per step, so its step loss is
+    their mean, as the sharded run's is the mean over its two processes."""
+    return [sum(losses[i : i + 2]) / 2 for i in range(0, len(losses), 2)] if reference else losses
+
+
 def block_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
     """The classes the model names in ``_no_split_modules`` (its blocks): the units to shard and checkpoint.
     Found among the model's modules, since remote-code classes are not importable by name."""

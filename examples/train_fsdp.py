@@ -33,6 +33,7 @@ from image_folder import (
     load_image_folder,
     select_fsdp_on_cpu,
     sharded_training_parser,
+    step_losses,
 )
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.step()
             optimizer.zero_grad()
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-    if args.reference:  # the mean of the accumulated batches, as the sharded run's mean over processes
-        losses = [sum(losses[i : i + 2]) / 2 for i in range(0, len(losses), 2)]
+    losses = step_losses(losses, args.reference)
 
     saved = args.output_dir / "model"
     summary: dict = {"world_size": accelerator.num_processes, "losses": losses, "units": fsdp_units(model)}

@@ -8,7 +8,7 @@ Lightning detects):
     python examples/train_lightning_fsdp.py --model out/vit-l16 --data data/toy --output-dir runs/lightning-fsdp
 
 ``--cpu`` runs the same strategy on CPU processes over gloo, which is how the tests run it: Lightning (2.6) refuses
-``FSDPStrategy`` unless the accelerator is CUDA, though FSDP itself runs on CPUs (see ``strategy_for``).
+``FSDPStrategy`` unless the accelerator is CUDA, though FSDP itself runs on CPUs (see ``CPUFSDPStrategy``).
 ``--reference`` runs one process with the same global batches as gradient accumulation (what the sharded run must
 reproduce). The main process prints one JSON line: losses, the FSDP units, and the saved folder.
 """
@@ -30,6 +30,7 @@ from image_folder import (
     fsdp_units,
     load_image_folder,
     sharded_training_parser,
+    step_losses,
 )
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader
@@ -116,9 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         enable_model_summary=False,
     )
     trainer.fit(module)
-    losses = module.losses
-    if args.reference:  # the mean of the accumulated batches, as the sharded run's mean over processes
-        losses = [sum(losses[i : i + 2]) / 2 for i in range(0, len(losses), 2)]
+    losses = step_losses(module.losses, args.reference)
 
     saved = args.output_dir / "model"
     summary = {"world_size": trainer.world_size, "losses": losses, "units": fsdp_units(trainer.model)}
