@@ -75,6 +75,76 @@ def test_channel_attention_gates_are_timms() -> None:
         torch.testing.assert_close(ours(x), theirs(x), **TOL)
 
 
+GATES = {
+    "se_module": (partial(stage_layers.SEModule, 16, 8), partial(timm_layers.SEModule, 16, rd_channels=8)),
+    "squeeze_excite": (
+        partial(stage_layers.SqueezeExcite, 16, 4, act="silu"),
+        partial(timm_blocks.SqueezeExcite, 16, rd_channels=4, act_layer=nn.SiLU),
+    ),
+    "eca": (partial(stage_layers.EfficientChannelAttention, 16), partial(timm_layers.EcaModule, 16)),
+}
+
+
+@pytest.mark.parametrize("name", GATES)
+def test_a_gate_built_inplace_writes_over_its_input_only_where_no_graph_reads_it(name: str) -> None:
+    """Blocks build their gates ``inplace`` (the gated map is the block's own norm output): without a graph the
+    products land in that map, bit for bit timm's out-of-place ones; with a graph, or built standalone, the
+    input is left alone and gradients are timm's."""
+    ours_cls, timm_cls = GATES[name]
+    ours, theirs = twins(ours_cls(inplace=True), timm_cls())
+    x = inputs(16)
+    with torch.no_grad():
+        expected = theirs(x)
+        overwritten = x.clone()
+        assert ours(overwritten).data_ptr() == overwritten.data_ptr()
+        assert torch.equal(overwritten, expected)
+        untouched = x.clone()
+        standalone = ours_cls().eval()
+        standalone.load_state_dict(ours.state_dict())
+        assert torch.equal(standalone(untouched), expected) and torch.equal(untouched, x)
+    # a graph reads the input: the gate computes out of place, its gradients timm's
+    mine, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(mine).square().sum().backward()
+    theirs(reference).square().sum().backward()
+    assert torch.equal(mine, x)
+    torch.testing.assert_close(mine.grad, reference.grad, **TOL)
+    for (key, grad), timm_grad in zip(
+        ((k, p.grad) for k, p in ours.named_parameters()), (p.grad for p in theirs.parameters()), strict=True
+    ):
+        torch.testing.assert_close(grad, timm_grad, **TOL, msg=key)
+
+
+def test_overwritable_refuses_graphs_and_mixed_dtypes() -> None:
+    """The in-place rule: the same bits as out of place, so never where autograd reads a tensor or where an
+    out-of-place op would promote (autocast's bf16 maps against fp32 gates)."""
+    from vitzoo_hf.common_layers import overwritable
+
+    plain = torch.ones(2)
+    assert overwritable(plain, torch.ones(2))
+    assert not overwritable(plain, torch.ones(2, requires_grad=True))
+    assert not overwritable(torch.ones(2, requires_grad=True))
+    assert not overwritable(plain.bfloat16(), plain)
+
+
+def test_a_skip_block_adds_its_input_in_place_over_its_own_branch_only() -> None:
+    """The residual add lands in the branch's last map where no graph reads it: the block's input, which a caller
+    (or a skip of the next block) still holds, is never written; outputs are timm's bit for bit, and training
+    (out of place) gives timm's gradients."""
+    theirs = timm_blocks.InvertedResidual(16, 16, 3, 1, exp_ratio=4.0, act_layer=nn.SiLU)
+    ours = stage_layers.InvertedResidual(16, 16, 64, 3, 1, act="silu")
+    ours, theirs = twins(ours, theirs)
+    x = inputs(16)
+    kept = x.clone()
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(x, kept)
+    mine, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours.train(), theirs.train()
+    ours(mine).square().sum().backward()
+    theirs(reference).square().sum().backward()
+    torch.testing.assert_close(mine.grad, reference.grad, **TOL)
+
+
 @pytest.mark.parametrize("kind", stage_layers.AA_TYPES)
 def test_anti_aliasing_is_timms(kind: str) -> None:
     theirs = timm_layers.create_aa(timm_layers.BlurPool2d if kind == "blurpool" else nn.AvgPool2d, 6, stride=2)

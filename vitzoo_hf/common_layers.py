@@ -60,6 +60,15 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         )
 
 
+def overwritable(first: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an elementwise op of these tensors may write its result over ``first`` and give the same bits: no
+    autograd graph reads them (inference, frozen layers) and they share a dtype (an in-place op keeps ``first``'s,
+    where the out-of-place one would promote, as under autocast). Call sites pass as ``first`` only a temporary
+    their block made itself, never a block's input or output."""
+    tensors = (first, *others)
+    return not any(t.requires_grad for t in tensors) and all(t.dtype == first.dtype for t in others)
+
+
 # In-place twins of transformers' activations, by ACT2FN name: the same kernels, so the same bits (a test holds
 # each to its ACT2FN twin). Names missing here (quick_gelu, ...) always run out of place.
 INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -83,7 +92,7 @@ class Activation(nn.Module):
         self.inplace_fn = INPLACE_ACTIVATIONS.get(name) if inplace else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inplace_fn is not None and not x.requires_grad:
+        if self.inplace_fn is not None and overwritable(x):
             return self.inplace_fn(x)
         return self.fn(x)
 
@@ -153,5 +162,6 @@ __all__ = [
     "drop_path_rates",
     "init_trunc_normal",
     "output_flags",
+    "overwritable",
     "to_2tuple",
 ]

@@ -69,7 +69,8 @@ def build_se(config: VitzooEfficientNetConfig, spec: dict, channels: int) -> Squ
     """The block's squeeze-excite over ``channels`` (None where the spec has none)."""
     if not spec["se_channels"]:
         return None
-    return SqueezeExcite(channels, spec["se_channels"], spec["se_act"] or block_act(config, spec), spec["se_gate"])
+    act = spec["se_act"] or block_act(config, spec)
+    return SqueezeExcite(channels, spec["se_channels"], act, spec["se_gate"], inplace=True)
 
 
 class ConvBnAct(SkipBlock):
@@ -286,7 +287,7 @@ class MobileAttention(GradientCheckpointingLayer):
     def forward(self, x: torch.Tensor, attend: Callable) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, weights = self.attn(self.norm(x), attend)
         out = self.layer_scale(out)
-        return (self.drop_path(out) + x if self.has_skip else out), weights
+        return SkipBlock.add_skip(self, out, x), weights
 
 
 def build_block(config, spec: dict, in_channels: int, stride: int, drop_path: float) -> nn.Module:
@@ -390,6 +391,7 @@ class VitzooEfficientNetModel(StageModelBase, VitzooEfficientNetPreTrainedModel)
         self.stem = VitzooEfficientNetStem(config)
         rates = builder_drop_rates(config)
         self.stages = nn.ModuleList(VitzooEfficientNetStage(config, i, rates[i]) for i in range(len(config.depths)))
+        self.stage_attentions = config.has_attention  # read per stage each forward: worked out once
         last, head = config.hidden_sizes[-1], config.head_channels
         if config.head_order == "efficientnet" and head:
             self.conv_head = conv2d(last, head, 1, same=config.same_padding)
@@ -402,10 +404,6 @@ class VitzooEfficientNetModel(StageModelBase, VitzooEfficientNetPreTrainedModel)
             else:
                 self.act2 = act_layer(config.hidden_act)
         self.post_init()
-
-    @property
-    def stage_attentions(self) -> bool:
-        return self.config.has_attention
 
     def attention_backend(self, output_attentions: bool) -> Callable | None:
         return attention_function(self.config._attn_implementation, output_attentions)

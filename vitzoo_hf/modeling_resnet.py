@@ -53,9 +53,9 @@ def map_norm(config: VitzooResNetConfig, channels: int) -> nn.Module:
 def build_attention(config: VitzooResNetConfig, channels: int, eca_kernel: int | None) -> nn.Module | None:
     """The block's channel attention after its last norm: SE (timm's ``SEModule``), ECA, or none."""
     if config.attn_type == "se":
-        return SEModule(channels, make_divisible(channels * config.se_ratio, round_limit=0.0))
+        return SEModule(channels, make_divisible(channels * config.se_ratio, round_limit=0.0), inplace=True)
     if config.attn_type == "eca":
-        return EfficientChannelAttention(channels, eca_kernel)
+        return EfficientChannelAttention(channels, eca_kernel, inplace=True)
     return None
 
 

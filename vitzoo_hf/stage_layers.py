@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .common_layers import Activation, DropPath
+from .common_layers import Activation, DropPath, overwritable
 
 # The one list of channel norms: configs validate against it, ChannelNorm computes each.
 CHANNEL_NORMS = ("layernorm", "rmsnorm", "simplenorm")
@@ -203,41 +203,54 @@ def anti_alias(kind: str, channels: int, stride: int) -> nn.Module:
     raise ValueError(f"Unknown anti-aliasing {kind!r}; expected one of {', '.join(map(repr, AA_TYPES))}.")
 
 
+def gated(x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x * gate`` for the channel attentions. Built ``inplace`` by a block that hands them its own norm output
+    (never a block's input), they write over it where no graph reads it: one map fewer per block, the same
+    products. Built standalone, they leave their input alone."""
+    return x.mul_(gate) if inplace and overwritable(x, gate) else x * gate
+
+
 class SEModule(nn.Module):
     """timm ``SEModule`` (ResNet's SE): channels gated by a two-layer MLP (1x1 convs ``fc1``/``fc2``) over their
     spatial mean."""
 
-    def __init__(self, channels: int, reduced: int, act: str = "relu") -> None:
+    def __init__(self, channels: int, reduced: int, act: str = "relu", inplace: bool = False) -> None:
         super().__init__()
+        self.inplace = inplace
         self.fc1 = nn.Conv2d(channels, reduced, 1)
         self.act = act_layer(act)
         self.fc2 = nn.Conv2d(reduced, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+        return gated(x, self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid(), self.inplace)
 
 
 class SqueezeExcite(nn.Module):
     """timm's EfficientNet ``SqueezeExcite``: the same gate under its names (``conv_reduce``/``conv_expand``), with
     the block's activation and a sigmoid or hard-sigmoid gate."""
 
-    def __init__(self, channels: int, reduced: int, act: str = "relu", gate: str = "sigmoid") -> None:
+    def __init__(
+        self, channels: int, reduced: int, act: str = "relu", gate: str = "sigmoid", inplace: bool = False
+    ) -> None:
         super().__init__()
+        self.inplace = inplace
         self.conv_reduce = nn.Conv2d(channels, reduced, 1)
         self.act1 = act_layer(act)
         self.conv_expand = nn.Conv2d(reduced, channels, 1)
         self.gate = F.hardsigmoid if gate == "hard_sigmoid" else torch.sigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+        gate = self.gate(self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+        return gated(x, gate, self.inplace)
 
 
 class EfficientChannelAttention(nn.Module):
     """timm ``EcaModule``: channels gated by a 1D conv across their spatial means (kernel from the channel count,
     unless given: a pruned model keeps its unpruned parent's)."""
 
-    def __init__(self, channels: int, kernel: int | None = None) -> None:
+    def __init__(self, channels: int, kernel: int | None = None, inplace: bool = False) -> None:
         super().__init__()
+        self.inplace = inplace
         if kernel is None:
             t = int(abs(math.log(channels, 2) + 1) / 2)
             kernel = max(t if t % 2 else t + 1, 3)
@@ -246,7 +259,7 @@ class EfficientChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]  # not -1 in the views: an empty batch leaves it undefined
         gate = self.conv(x.mean((2, 3)).view(batch, 1, channels)).sigmoid()
-        return x * gate.view(batch, channels, 1, 1)
+        return gated(x, gate.view(batch, channels, 1, 1), self.inplace)
 
 
 def projection_shortcut(
@@ -274,9 +287,16 @@ class SkipBlock(GradientCheckpointingLayer):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def add_skip(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``drop_path(out) + x`` where the block skips; written over ``out`` (the branch's own last map) where no
+        graph reads it, as timm's ResNet adds in place: the same sums, one map fewer per block."""
+        if not self.has_skip:
+            return out
+        out = self.drop_path(out)
+        return out.add_(x) if overwritable(out, x) else out + x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.residual(x)
-        return self.drop_path(out) + x if self.has_skip else out
+        return self.add_skip(self.residual(x), x)
 
 
 class DepthwiseSeparableConv(SkipBlock):
