@@ -24,15 +24,16 @@ import timm
 import torch
 from safetensors import SafetensorError
 from timm.data import DEFAULT_CROP_PCT, ImageNetInfo, infer_imagenet_subset, resolve_data_config
-from timm.models import split_model_name_tag
+from timm.models import get_model_args, split_model_name_tag
 
 from conversion.checkpoints import TensorSource, open_checkpoint, parse_size, write_shards
 from conversion.common import ConversionError, UnsupportedArchitecture
 from conversion.families import FamilyHooks, family_for
-from conversion.model_card import write_model_card
+from conversion.model_card import WeightsOrigin, write_model_card
 from conversion.parity_record import write_parity_record
 from conversion.remote_code import sibling_closure
 from conversion.staging import DeletionError, Staging, check_replaceable, clean_stale, exit_on_termination, phase
+from conversion.timm_folder import TimmFolder, fetch_hub_repo, hub_repo_of, read_timm_folder
 from conversion.truncation import config_overrides, depth_bound
 from conversion.verify import TOLERANCE, reference_model, verified_blocks, verify
 from vitzoo_hf import VitzooImageProcessor
@@ -114,24 +115,25 @@ def read_labels(path: Path) -> list[str]:
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ConversionError(f"{path}:{line} is not UTF-8 text; save the labels file as UTF-8.") from error
-    names, seen = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name:
-            continue
+    lines = [(f"{path}:{number}", line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    return checked_labels([(where, name) for where, name in lines if name])
+
+
+def checked_labels(entries: list[tuple[str, str]]) -> list[str]:
+    """Class names, each with where it was read (``file:line``, ``config.json label_names[i]``): control
+    characters and repeats are refused there."""
+    seen: dict[str, str] = {}
+    for where, name in entries:
         control = [c for c in name if unicodedata.category(c) == "Cc"]
         if control:
             raise ConversionError(
-                f"{path}:{number} holds a control character ({control[0]!r}) in the label {name!r}; labels are "
+                f"{where} holds a control character ({control[0]!r}) in the label {name!r}; labels are "
                 "shown in terminals and on the Hub: give plain text."
             )
         if name in seen:
-            raise ConversionError(
-                f"{path}:{number} repeats the label {name!r} of line {seen[name]}; labels must differ."
-            )
-        seen[name] = number
-        names.append(name)
-    return names
+            raise ConversionError(f"{where} repeats the label {name!r} of {seen[name]}; labels must differ.")
+        seen[name] = where
+    return [name for _, name in entries]
 
 
 def id2label_for(model: torch.nn.Module, num_classes: int, labels: list[str] | None) -> dict[int, str] | None:
@@ -191,6 +193,69 @@ def _checked(key: str, source: TensorSource, dtype: torch.dtype) -> torch.Tensor
             "Inf. Convert with --dtype bf16 or fp32."
         )
     return cast
+
+
+def timm_folder_for(model_name: str, checkpoint: Path | None, revision: str | None) -> TimmFolder | None:
+    """The timm-format model the arguments name, if any: a Hub repo id (``timm/resnet50.a1_in1k``, ``hf-hub:``
+    or ``hf_hub:`` prefixed, ``@revision`` allowed), a local folder as the model, or a folder as ``--checkpoint``
+    (whose architecture must then be the one named). None for a timm name with or without a checkpoint file."""
+    hub = hub_repo_of(model_name)
+    if hub is not None:
+        repo, pinned = hub
+        if checkpoint is not None:
+            raise ConversionError(f"{model_name} is a Hub repo and brings its own weights; drop --checkpoint.")
+        if pinned and revision and pinned != revision:
+            raise ConversionError(f"{model_name} pins revision {pinned!r} but --revision says {revision!r}; give one.")
+        return fetch_hub_repo(repo, pinned or revision)
+    if revision is not None:
+        raise ConversionError(
+            f"--revision applies to Hub repos (owner/name or hf-hub:owner/name); {model_name!r} is not one."
+        )
+    if Path(model_name).is_dir():
+        if checkpoint is not None:
+            raise ConversionError(f"{model_name} is a timm-format folder with its own weights; drop --checkpoint.")
+        return read_timm_folder(Path(model_name))
+    if checkpoint is None or not Path(checkpoint).is_dir():
+        return None
+    folder = read_timm_folder(Path(checkpoint))
+    named, _ = resolve_model_name(model_name)
+    if named != folder.architecture:
+        raise ConversionError(
+            f"{checkpoint} holds a timm {folder.architecture!r} (its config.json's architecture), not {named!r}. "
+            f"Name {folder.architecture}, or pass the folder alone as the model."
+        )
+    return folder
+
+
+def weights_origin(folder: TimmFolder | None, checkpoint: Path | None, model: torch.nn.Module) -> WeightsOrigin:
+    """What the card says of the weights, and the Hub repo they are the weights of."""
+    if folder is not None and folder.hub_repo:
+        commit = f" (commit `{folder.hub_commit[:12]}`)" if folder.hub_commit else ""
+        return WeightsOrigin(f"the timm-format Hub repo `{folder.hub_repo}`{commit}", folder.hub_repo)
+    if folder is not None:
+        return WeightsOrigin(f"a local timm-format folder (`{folder.weights.name}`, `{folder.model_name}`)")
+    if checkpoint is not None:
+        return WeightsOrigin(f"the local checkpoint `{Path(checkpoint).name}`")
+    name = model.pretrained_cfg.get("architecture", "") + (
+        f".{model.pretrained_cfg['tag']}" if model.pretrained_cfg.get("tag") else ""
+    )
+    return WeightsOrigin(f"timm's pretrained weights for `{name}`", model.pretrained_cfg.get("hf_hub_id"))
+
+
+def timm_model_args(model: torch.nn.Module, reference: dict, asked: dict) -> tuple[dict, list[str]]:
+    """The constructor arguments timm records for rebuilding ``model`` (its ``save_for_hf`` ``model_args``), as
+    JSON, for the way back (``conversion.to_timm``), and the names of those JSON cannot hold (a layer class passed
+    through the Python API: timm's own save_for_hf refuses them too). Less the class count (the folder's head
+    decides it) and the arguments only the verification's reference takes."""
+    args, unrecorded = {}, []
+    for key, value in get_model_args(model).items():
+        if key == "num_classes" or (key in reference and key not in asked):
+            continue
+        try:
+            args[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            unrecorded.append(key)
+    return args, sorted(unrecorded)
 
 
 def checkpoint_identity(checkpoint: Path | None) -> dict | None:
@@ -324,11 +389,15 @@ def convert(
     memory_budget: int | None = None,
     model_kwargs: dict | None = None,
     blocks: int | None = None,
+    revision: str | None = None,
 ) -> ConversionResult:
-    """Python API of the command. ``memory_budget`` (bytes, default: what the kernel reports available)
-    decides whether the whole model can be verified or only its first blocks; ``model_kwargs`` are extra timm
-    constructor arguments for the architecture, ``blocks`` keeps only the first blocks of each block group of the
-    built model (a checkpoint trained shallower; the sweep's fast runs)."""
+    """Python API of the command. ``model_name`` is a timm name (``arch.tag``), a Hub repo of timm's format
+    (``timm/arch.tag``, ``hf-hub:owner/name``, at ``revision``) or a local timm-format folder; ``checkpoint`` a
+    state dict file or a timm-format folder. A timm-format model brings its architecture, constructor arguments,
+    labels and pretrained config (``labels`` and ``model_kwargs`` still override). ``memory_budget`` (bytes,
+    default: what the kernel reports available) decides whether the whole model can be verified or only its first
+    blocks; ``model_kwargs`` are extra timm constructor arguments for the architecture, ``blocks`` keeps only the
+    first blocks of each block group of the built model (a checkpoint trained shallower; the sweep's fast runs)."""
     output_dir = Path(output_dir)
     for line in clean_stale(output_dir):
         print(line)
@@ -337,6 +406,15 @@ def convert(
         raise ConversionError(f"Unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     parse_size(max_shard_size)
     label_names = read_labels(Path(labels)) if labels is not None else None
+    folder = timm_folder_for(model_name, checkpoint, revision)
+    if folder is not None:
+        named_tag = None if folder.hub_repo or Path(model_name).is_dir() else resolve_model_name(model_name)[1]
+        model_name = f"{folder.architecture}.{named_tag}" if named_tag else folder.model_name
+        checkpoint = folder.weights
+        model_kwargs = {**folder.model_args, "pretrained_cfg_overlay": folder.pretrained_cfg, **(model_kwargs or {})}
+        if label_names is None and folder.label_names is not None:
+            where = f"{folder.hub_repo or folder.weights.parent}/config.json label_names"
+            label_names = checked_labels([(f"{where}[{i}]", name) for i, name in enumerate(folder.label_names)])
     architecture, tag = resolve_model_name(model_name)
     hooks = family_of(model_name, model_kwargs)
     kwargs = {**hooks.reference_kwargs(model_name), **(model_kwargs or {})}
@@ -358,6 +436,9 @@ def convert(
     if id2label:
         config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
     config.timm_model_name, config.timm_pretrained_tag = architecture, tag
+    config.timm_model_args, config.timm_unrecorded_args = timm_model_args(
+        model, hooks.reference_kwargs(model_name), model_kwargs or {}
+    )
     config.timm_version = timm.__version__
 
     try:
@@ -385,11 +466,13 @@ def convert(
                 "reference": f"timm {timm.__version__}",
                 "timm_model": model_name,
                 "checkpoint": checkpoint_identity(checkpoint),
+                **({"timm_format": folder.identity()} if folder is not None else {}),
                 "verified_blocks": "all" if partial is None else f"first {partial} of {depth}",
             },
         )
         saved = json.loads((staging.path / "config.json").read_text())
-        write_model_card(staging.path, saved, record, model.pretrained_cfg, num_parameters, checkpoint, hooks.size_rule)
+        origin = weights_origin(folder, checkpoint, model)
+        write_model_card(staging.path, saved, record, model.pretrained_cfg, num_parameters, origin, hooks.size_rule)
         for note in staging.move_into_place(overwrite):
             print(note)
     except DeletionError as error:  # the new folder is in place; what is left of the old one is said
@@ -412,9 +495,16 @@ def convert(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_name", help="timm model name, optionally with a pretrained tag (name.tag)")
+    parser.add_argument(
+        "model_name",
+        help="timm model name, optionally with a pretrained tag (name.tag); or a timm-format Hub repo "
+        "(timm/name.tag, hf-hub:owner/name[@revision]) or local folder (timm's save_for_hf layout)",
+    )
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--checkpoint", type=Path, help="local timm state dict or training checkpoint")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="local timm state dict, training checkpoint, or timm-format folder"
+    )
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo given as the model (default main)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--labels", type=Path, help="text file with one class name per line")
     parser.add_argument("--max-shard-size", default="2GB")
@@ -430,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             labels=args.labels,
             overwrite=args.overwrite,
             max_shard_size=args.max_shard_size,
+            revision=args.revision,
         )
     except (ConversionError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -9,6 +10,16 @@ from huggingface_hub import ModelCard, ModelCardData
 from vitzoo_hf.common_compat import MINIMUM_TRANSFORMERS
 
 SUPPORTED_TRANSFORMERS = f">= {'.'.join(map(str, MINIMUM_TRANSFORMERS))} (4.57.x or any 5.x)"
+
+
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a folder's weights came from, as its card says it: a sentence fragment, and the Hub repo they are
+    the weights of, if any (the card's ``base_model``)."""
+
+    description: str
+    base_model: str | None = None
+
 
 # The usage snippet's repo id: push_to_hub.py puts the real one in the card it uploads.
 REPO_ID_PLACEHOLDER = "REPO_ID"
@@ -20,11 +31,12 @@ def write_model_card(
     record: dict,
     pretrained_cfg: dict,
     num_parameters: int,
-    checkpoint: Path | None,
+    weights: WeightsOrigin,
     size_rule: str,
 ) -> None:
     """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures;
-    ``size_rule`` is the family's declared rule for other input sizes (``conversion.families.SIZE_RULES``)."""
+    ``weights`` says where the weights came from; ``size_rule`` is the family's declared rule for other input
+    sizes (``conversion.families.SIZE_RULES``)."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
@@ -32,7 +44,7 @@ def write_model_card(
         pipeline_tag="image-classification" if with_head else "image-feature-extraction",
         license=pretrained_cfg.get("license"),
         tags=["vitzoo_hf", "timm", "vision", "custom_code"],
-        base_model=pretrained_cfg.get("hf_hub_id") if checkpoint is None else None,
+        base_model=weights.base_model,
     )
     rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(record["max_abs_diff"].items()))
     scope = record["verified_blocks"]
@@ -59,7 +71,7 @@ def write_model_card(
     )
     if any(key.startswith("eager.") for key in record["max_abs_diff"]):
         second_input += '; "eager" runs the native size on the eager attention path'
-    source = f"the local checkpoint `{checkpoint.name}`" if checkpoint else f"timm's pretrained weights for `{name}`"
+    source = weights.description
     auto_class = "AutoModelForImageClassification" if with_head else "AutoModel"
     fine_tune = (
         ""

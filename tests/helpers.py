@@ -224,3 +224,15 @@ def check_channels_last(variant: str) -> None:
         )
         ours.to(memory_format=torch.channels_last)
         torch.testing.assert_close(ours(x).logits, reference, atol=1e-6, rtol=1e-6)
+
+
+def convert_perturbed(model_name: str, work: Path) -> Path:
+    """A real converter output for a timm name.tag: its architecture's weights perturbed, saved as the checkpoint."""
+    import timm
+    from safetensors.torch import save_file
+
+    from conversion.convert_timm import convert
+
+    checkpoint = work / f"{model_name.split('.')[0]}.safetensors"
+    save_file(perturb(timm.create_model(model_name.split(".")[0])).state_dict(), checkpoint)
+    return convert(model_name, work / model_name, checkpoint=checkpoint).output_dir

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 
@@ -234,6 +235,18 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": sha})
         headers = {"X-Repo-Commit": sha, "ETag": f'"{git_blob_oid(content)}"'}
         return self._send(200, headers=headers, body=content)
+
+
+def client_env(server: ThreadingHTTPServer, home: Path, base: dict[str, str], **extra: str) -> dict[str, str]:
+    """``base`` (a clean child environment) turned online against the stand-in, with its own Hub cache."""
+    env = {k: v for k, v in base.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        **extra,
+    )
+    return env
 
 
 def start(token: str) -> tuple[ThreadingHTTPServer, HubState]:

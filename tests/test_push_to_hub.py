@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 from safetensors.torch import load_file, save_file
 
-from conversion.convert_timm import convert
 from conversion.parity_record import CARD_SECTION
 from conversion.verify import clean_env
 from tests import hub_server
-from tests.helpers import perturb
+from tests.helpers import convert_perturbed
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_test_secret_token_123"
@@ -39,23 +37,13 @@ print(out.pooler_output.flatten()[:8].tolist())
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("converted")
-    checkpoint = work / "test_vit.safetensors"
-    save_file(perturb(timm.create_model("test_vit")).state_dict(), checkpoint)
-    return convert("test_vit.r160_in1k", work / "test_vit.r160_in1k", checkpoint=checkpoint).output_dir
+    return convert_perturbed("test_vit.r160_in1k", tmp_path_factory.mktemp("converted"))
 
 
 @pytest.fixture
 def hub(tmp_path: Path):
     server, state = hub_server.start(TOKEN)
-    env = clean_env()
-    env.pop("HF_HUB_OFFLINE"), env.pop("TRANSFORMERS_OFFLINE")
-    env.update(
-        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_TOKEN=TOKEN,
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
+    env = hub_server.client_env(server, tmp_path / "hf_home", clean_env(), HF_TOKEN=TOKEN)
     yield state, env
     server.shutdown()
 
