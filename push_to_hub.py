@@ -457,8 +457,19 @@ def prepare(targets: list[Target], allow_extra_files: bool, trust_code: bool) ->
         smoke_test(snapshot.path, isolate=isolation is None)
 
 
+EXAMPLES = """examples (vitzoo-push is the same as python push_to_hub.py; the token comes from `hf auth login`):
+  # check everything and print the commit plan, upload nothing
+  vitzoo-push out/r50 --repo-id my-org/resnet50-vitzoo --dry-run
+  # publish one folder, or every converted folder under out/ as my-org/<folder name>
+  vitzoo-push out/r50 --repo-id my-org/resnet50-vitzoo
+  vitzoo-push out/ --org my-org --private
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = RedactingParser(description=__doc__.split("\n\n")[0])
+    parser = RedactingParser(
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folders", nargs="+", type=Path)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo-id", help="ORG/NAME for a single folder")

@@ -493,8 +493,22 @@ def convert(
     return ConversionResult(output_dir, num_parameters, parity, partial)
 
 
+EXAMPLES = """examples (vitzoo-convert is the same as python -m conversion.convert_timm):
+  # timm's pretrained weights, by timm name or timm's Hub id
+  vitzoo-convert convnext_tiny.fb_in22k_ft_in1k --output-dir out/convnext-t
+  vitzoo-convert timm/resnet50.a1_in1k --output-dir out/r50
+  # your timm fine-tune: a save_for_hf folder (labels, preprocessing, arguments read from it) or a Hub repo
+  vitzoo-convert path/to/my-timm-finetune --output-dir out/mine
+  vitzoo-convert hf-hub:me/my-timm-finetune --revision v2 --output-dir out/mine-v2
+  # a state dict or train.py checkpoint, with your class names
+  vitzoo-convert vit_small_patch16_224 --checkpoint model_best.pth.tar --labels classes.txt --output-dir out/vit
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "model_name",
         help="timm model name, optionally with a pretrained tag (name.tag); or a timm-format Hub repo "

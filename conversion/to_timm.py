@@ -201,8 +201,18 @@ def to_timm(folder: Path, output_dir: Path, overwrite: bool = False, build: Buil
     return output_dir
 
 
+EXAMPLES = """examples (vitzoo-to-timm is the same as python -m conversion.to_timm):
+  # a converted folder, or one fine-tuned from it with Trainer (new head size and labels are carried)
+  vitzoo-to-timm out/r50-finetuned --output-dir out/r50-finetuned-timm
+  # then, in timm:
+  python -c "import timm; m = timm.create_model('local-dir:out/r50-finetuned-timm', pretrained=True)"
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path, help="a folder converted by vitzoo_hf, or fine-tuned from one")
     parser.add_argument("--output-dir", required=True, type=Path)
     parser.add_argument("--overwrite", action="store_true")
