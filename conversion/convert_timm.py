@@ -472,7 +472,9 @@ def convert(
         )
         saved = json.loads((staging.path / "config.json").read_text())
         origin = weights_origin(folder, checkpoint, model)
-        write_model_card(staging.path, saved, record, model.pretrained_cfg, num_parameters, origin, hooks.size_rule)
+        write_model_card(
+            staging.path, saved, record, model.pretrained_cfg, num_parameters, origin, hooks.size_rule, hooks.name
+        )
         for note in staging.move_into_place(overwrite):
             print(note)
     except DeletionError as error:  # the new folder is in place; what is left of the old one is said

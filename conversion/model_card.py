@@ -12,6 +12,43 @@ from vitzoo_hf.common_compat import MINIMUM_TRANSFORMERS
 SUPPORTED_TRANSFORMERS = f">= {'.'.join(map(str, MINIMUM_TRANSFORMERS))} (4.57.x or any 5.x)"
 
 
+def paper_ids(pretrained_cfg: dict) -> list[str]:
+    """arXiv ids of timm's ``paper_ids`` ("arXiv:2110.00476", several comma-separated, or a list)."""
+    ids = pretrained_cfg.get("paper_ids") or []
+    ids = ids.split(",") if isinstance(ids, str) else ids
+    return [i.strip().split(":", 1)[1] for i in ids if i.strip().lower().startswith("arxiv:")]
+
+
+def paper_tags(pretrained_cfg: dict) -> list[str]:
+    """The Hub links a model to a paper page by ``arxiv:ID`` tags."""
+    return [f"arxiv:{i}" for i in paper_ids(pretrained_cfg)]
+
+
+def model_details(config: dict, pretrained_cfg: dict, num_parameters: int, family: str, weights: WeightsOrigin) -> str:
+    """What timm's own cards list: architecture, size, input, papers, the original source."""
+    name = config["timm_model_name"]
+    tag = config.get("timm_pretrained_tag")
+    channels, height, width = pretrained_cfg.get("input_size", (3, 224, 224))
+    lines = [
+        "## Model details",
+        "",
+        f"- **timm architecture:** `{name}`" + (f" (pretrained tag `{tag}`)" if tag else ""),
+        f"- **vitzoo_hf family:** `{family}`",
+        f"- **Parameters:** {num_parameters / 1e6:.2f} M",
+        f"- **Image size:** {height} x {width} ({channels} channels)",
+        f"- **Weights:** {weights.description}",
+    ]
+    if weights.base_model:
+        lines.append(f"- **Source repo:** https://huggingface.co/{weights.base_model}")
+    papers = paper_ids(pretrained_cfg)
+    if papers:
+        lines.append("- **Papers:** " + ", ".join(f"https://arxiv.org/abs/{i}" for i in papers))
+    if pretrained_cfg.get("origin_url"):
+        lines.append(f"- **Original:** {pretrained_cfg['origin_url']}")
+    lines.append("- **Back to timm:** `python -m conversion.to_timm FOLDER --output-dir DIR` (vitzoo_hf)")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class WeightsOrigin:
     """Where a folder's weights came from, as its card says it: a sentence fragment, and the Hub repo they are
@@ -33,17 +70,20 @@ def write_model_card(
     num_parameters: int,
     weights: WeightsOrigin,
     size_rule: str,
+    family: str,
 ) -> None:
     """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures;
     ``weights`` says where the weights came from; ``size_rule`` is the family's declared rule for other input
-    sizes (``conversion.families.SIZE_RULES``)."""
+    sizes (``conversion.families.SIZE_RULES``). Tags say what the repo is (vitzoo_hf remote code of a family and a
+    timm architecture, its papers), never ``timm``: timm's discovery lists repos under that tag, and
+    ``timm.create_model`` cannot load this one (``conversion.to_timm`` writes one it can)."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification" if with_head else "image-feature-extraction",
         license=pretrained_cfg.get("license"),
-        tags=["vitzoo_hf", "timm", "vision", "custom_code"],
+        tags=["vitzoo_hf", "custom_code", "vision", family, config["timm_model_name"], *paper_tags(pretrained_cfg)],
         base_model=weights.base_model,
     )
     rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(record["max_abs_diff"].items()))
@@ -86,6 +126,7 @@ model = AutoModelForImageClassification.from_pretrained(
 ```
 """
     )
+    details = model_details(config, pretrained_cfg, num_parameters, family, weights)
     content = f"""---
 {data.to_yaml()}
 ---
@@ -106,6 +147,8 @@ outputs = model(**processor(images, return_tensors="pt"))
 {fine_tune}
 {other_sizes} Features for dense tasks: `AutoBackbone` (see the vitzoo_hf docs/USAGE.md for the route that works with
 local folders).
+
+{details}
 
 ## Parity with timm
 

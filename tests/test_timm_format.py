@@ -61,6 +61,8 @@ def test_a_save_for_hf_folder_converts_without_naming_anything(tmp_path: Path, n
     preprocessing (mean, std, crop) and license come from its config.json; the record says where from."""
     model = fine_tune(name, **kwargs)
     folder = save_timm_folder(model, tmp_path / "my-finetune")
+    paper = {"paper_ids": "arXiv:2010.11929, arXiv:2106.10270", "origin_url": "https://github.com/google-research"}
+    rewrite_config(folder, lambda config: config["pretrained_cfg"].update(paper))
     result = convert(str(folder), tmp_path / "out")
     out = result.output_dir
     config = json.loads((out / "config.json").read_text())
@@ -72,7 +74,14 @@ def test_a_save_for_hf_folder_converts_without_naming_anything(tmp_path: Path, n
     record = json.loads((out / "vitzoo_parity.json").read_text())
     assert record["timm_format"] == {"timm_folder": True} and record["checkpoint"]["name"] == "model.safetensors"
     assert str(tmp_path) not in (out / "vitzoo_parity.json").read_text() + (out / "README.md").read_text()
-    assert "license: apache-2.0" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "license: apache-2.0" in card
+    # tags say what the repo is; "timm" would put it in timm's discovery, which cannot load it
+    architecture, family = name.split(".")[0], "vit" if "vit" in name else "efficientnet"
+    assert f"tags:\n- vitzoo_hf\n- custom_code\n- vision\n- {family}\n- {architecture}\n" in card
+    assert "- arxiv:2010.11929\n- arxiv:2106.10270\n" in card and "\n- timm\n" not in card
+    assert "https://arxiv.org/abs/2010.11929, https://arxiv.org/abs/2106.10270" in card
+    assert "- **Original:** https://github.com/google-research" in card and "- **Parameters:** " in card
     assert_reloads_as(out, model, size)
 
 
