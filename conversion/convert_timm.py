@@ -115,15 +115,15 @@ def read_labels(path: Path) -> list[str]:
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ConversionError(f"{path}:{line} is not UTF-8 text; save the labels file as UTF-8.") from error
-    lines = [(f"{path}:{number}", line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
-    return checked_labels([(where, name) for where, name in lines if name])
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    return checked_labels([(f"{path}:{number}", f"line {number}", name) for number, name in lines if name])
 
 
-def checked_labels(entries: list[tuple[str, str]]) -> list[str]:
-    """Class names, each with where it was read (``file:line``, ``config.json label_names[i]``): control
-    characters and repeats are refused there."""
+def checked_labels(entries: list[tuple[str, str, str]]) -> list[str]:
+    """Class names, each with where it was read (``file:line``, ``config.json label_names[i]``) and how a repeat
+    names the first (``line 1``): control characters and repeats are refused there."""
     seen: dict[str, str] = {}
-    for where, name in entries:
+    for where, ref, name in entries:
         control = [c for c in name if unicodedata.category(c) == "Cc"]
         if control:
             raise ConversionError(
@@ -132,8 +132,8 @@ def checked_labels(entries: list[tuple[str, str]]) -> list[str]:
             )
         if name in seen:
             raise ConversionError(f"{where} repeats the label {name!r} of {seen[name]}; labels must differ.")
-        seen[name] = where
-    return [name for _, name in entries]
+        seen[name] = ref
+    return [name for _, _, name in entries]
 
 
 def id2label_for(model: torch.nn.Module, num_classes: int, labels: list[str] | None) -> dict[int, str] | None:
@@ -414,7 +414,8 @@ def convert(
         model_kwargs = {**folder.model_args, "pretrained_cfg_overlay": folder.pretrained_cfg, **(model_kwargs or {})}
         if label_names is None and folder.label_names is not None:
             where = f"{folder.hub_repo or folder.weights.parent}/config.json label_names"
-            label_names = checked_labels([(f"{where}[{i}]", name) for i, name in enumerate(folder.label_names)])
+            entries = [(f"{where}[{i}]", f"label_names[{i}]", name) for i, name in enumerate(folder.label_names)]
+            label_names = checked_labels(entries)
     architecture, tag = resolve_model_name(model_name)
     hooks = family_of(model_name, model_kwargs)
     kwargs = {**hooks.reference_kwargs(model_name), **(model_kwargs or {})}
