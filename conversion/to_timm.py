@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from timm.models import get_model_args, save_for_hf
 from timm.models._hub import load_model_config_from_path
 
+from conversion.checkpoints import TensorSource, open_checkpoint
 from conversion.common import ConversionError
 from conversion.convert_timm import RESAMPLE, check_destination, family_of
 from conversion.staging import DeletionError, Staging, exit_on_termination
@@ -35,19 +36,12 @@ INTERPOLATIONS = {number: name for name, number in RESAMPLE.items()}
 PLACEHOLDER = "LABEL_{}"
 
 
-def folder_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's safetensors weights (one file or a sharded index)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise ConversionError(f"{folder} has no model.safetensors (or sharded index): not a saved model folder.")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(folder / name))
-    return state
+def folder_weights(folder: Path) -> TensorSource:
+    """The folder's safetensors weights (one file or a sharded index), read lazily as the conversion reads them."""
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        if (folder / name).is_file():
+            return open_checkpoint(folder / name)
+    raise ConversionError(f"{folder} has no model.safetensors (or sharded index): not a saved model folder.")
 
 
 def read_folder_config(folder: Path) -> dict:
@@ -121,7 +115,7 @@ def rebuild_timm(folder: Path, build: Build = timm.create_model) -> tuple[torch.
     name = f"{architecture}.{tag}" if tag else architecture
     hooks = family_of(name, model_args)
     model = build(name, pretrained=False, **model_args).eval()
-    ours = folder_state_dict(folder)
+    ours = folder_weights(folder)
     state, used = {}, set()
     for key, tensor in model.state_dict().items():
         ours_key = hooks.convert_key(key, with_head)
@@ -133,13 +127,14 @@ def rebuild_timm(folder: Path, build: Build = timm.create_model) -> tuple[torch.
                 f"{folder} lacks {ours_key}, which timm's {architecture} (rebuilt from the recorded "
                 f"timm_model_args {model_args}) needs for {key}."
             )
-        if tuple(ours[ours_key].shape) != tuple(tensor.shape):
+        if ours.shapes[ours_key] != tuple(tensor.shape):
             raise ConversionError(
-                f"{folder}: {ours_key} has shape {tuple(ours[ours_key].shape)}, but timm's {architecture} built from "
+                f"{folder}: {ours_key} has shape {ours.shapes[ours_key]}, but timm's {architecture} built from "
                 f"timm_model_args {model_args} holds {key} as {tuple(tensor.shape)}: timm cannot express this model."
             )
-        state[key], used = ours[ours_key], used | {ours_key}
-    left = sorted(set(ours) - used)
+        state[key] = ours.get(ours_key)
+        used.add(ours_key)
+    left = sorted(set(ours.shapes) - used)
     if left:
         raise ConversionError(
             f"{folder} holds {len(left)} tensor(s) timm's {architecture} has no place for ({', '.join(left[:3])}"

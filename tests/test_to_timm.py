@@ -170,3 +170,23 @@ def test_what_timm_cannot_express_is_refused_by_name(converted: Path, tmp_path: 
         to_timm(foreign, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["extra", "foreign", "mlp"]
+
+
+def test_a_sharded_folder_goes_back_as_one_and_a_truncated_one_is_refused(converted: Path, tmp_path: Path) -> None:
+    """save_pretrained's sharded layout (an index and its shards) reads as the single file does; a cut shard is
+    named, and nothing is written."""
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    fine_tuned(converted, whole)
+    model = fine_tuned(converted, sharded)
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    (sharded / "model.safetensors").unlink()
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    one, many = to_timm(whole, tmp_path / "timm-whole"), to_timm(sharded, tmp_path / "timm-sharded")
+    assert (one / "model.safetensors").read_bytes() == (many / "model.safetensors").read_bytes()
+    shards[-1].write_bytes(shards[-1].read_bytes()[:-64])
+    with pytest.raises(
+        (ConversionError, ValueError), match=rf"{shards[-1].name}.*truncated|truncated.*{shards[-1].name}"
+    ):
+        to_timm(sharded, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
