@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 from image_folder import classifier_for, collate, load_image_folder, training_parser
-from transformers import AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
+from transformers import AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments, set_seed
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = training_parser(__doc__, batch_size=8, epochs=3.0, learning_rate=1e-3).parse_args(argv)
 
     dataset, labels, processor = load_image_folder(args.data, args.model)
+    set_seed(args.seed)  # the new head is drawn here, before Trainer seeds: --seed must decide it too
     model = classifier_for(args.model, labels)
     training = TrainingArguments(
         output_dir=str(args.output_dir),

@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
         summary["consolidated_equals_saved"] = consolidated_equals_saved(checkpoint, saved)
     if trainer.is_world_process_zero():
         print(json.dumps(summary))
+    # Every process past its last collective (rank 0 also consolidates) before any closes the group: a process
+    # tearing down its gloo group while a peer is still in ZeRO-3 work can abort at exit.
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # the process group, closed before the interpreter exits
     return summary
 
