@@ -31,6 +31,7 @@ from conversion.common import ConversionError, UnsupportedArchitecture
 from conversion.families import FamilyHooks, family_for
 from conversion.model_card import WeightsOrigin, write_model_card
 from conversion.parity_record import write_parity_record
+from conversion.profile import profile_model
 from conversion.remote_code import sibling_closure
 from conversion.staging import DeletionError, Staging, check_replaceable, clean_stale, exit_on_termination, phase
 from conversion.timm_folder import TimmFolder, fetch_hub_repo, hub_repo_of, read_timm_folder
@@ -227,19 +228,33 @@ def timm_folder_for(model_name: str, checkpoint: Path | None, revision: str | No
     return folder
 
 
-def weights_origin(folder: TimmFolder | None, checkpoint: Path | None, model: torch.nn.Module) -> WeightsOrigin:
-    """What the card says of the weights, and the Hub repo they are the weights of."""
+def weights_origin(
+    folder: TimmFolder | None, checkpoint: Path | None, model: torch.nn.Module, tag: str | None
+) -> WeightsOrigin:
+    """What the card says of the weights, the Hub repo they come from and how (``base_model_relation``): the same
+    weights re-encoded are the Hub's ``quantized`` relation (a new format or dtype of them, never "finetune", which the
+    Hub assumes where no relation is given); a user's checkpoint or timm-format fine-tune of a pretrained tag (named,
+    or the tag timm's save_for_hf recorded in the folder) is a ``finetune`` of that tag's repo."""
     if folder is not None and folder.hub_repo:
         commit = f" (commit `{folder.hub_commit[:12]}`)" if folder.hub_commit else ""
-        return WeightsOrigin(f"the timm-format Hub repo `{folder.hub_repo}`{commit}", folder.hub_repo)
+        return WeightsOrigin(f"the timm-format Hub repo `{folder.hub_repo}`{commit}", folder.hub_repo, "quantized")
+    base = model.pretrained_cfg.get("hf_hub_id") or None  # of the tag the model was built as (timm's default if none)
     if folder is not None:
-        return WeightsOrigin(f"a local timm-format folder (`{folder.weights.name}`, `{folder.model_name}`)")
+        fine_tuned_from = base if folder.tag else None  # save_for_hf keeps the tag it was trained from
+        return WeightsOrigin(
+            f"a local timm-format folder (`{folder.weights.name}`, `{folder.model_name}`)",
+            fine_tuned_from,
+            "finetune" if fine_tuned_from else None,
+        )
     if checkpoint is not None:
-        return WeightsOrigin(f"the local checkpoint `{Path(checkpoint).name}`")
+        fine_tuned_from = base if tag else None  # only a tag the user named says whose weights were trained on
+        return WeightsOrigin(
+            f"the local checkpoint `{Path(checkpoint).name}`", fine_tuned_from, "finetune" if fine_tuned_from else None
+        )
     name = model.pretrained_cfg.get("architecture", "") + (
         f".{model.pretrained_cfg['tag']}" if model.pretrained_cfg.get("tag") else ""
     )
-    return WeightsOrigin(f"timm's pretrained weights for `{name}`", model.pretrained_cfg.get("hf_hub_id"))
+    return WeightsOrigin(f"timm's pretrained weights for `{name}`", base, "quantized" if base else None)
 
 
 def timm_model_args(model: torch.nn.Module, reference: dict, asked: dict) -> tuple[dict, list[str]]:
@@ -472,9 +487,20 @@ def convert(
             },
         )
         saved = json.loads((staging.path / "config.json").read_text())
-        origin = weights_origin(folder, checkpoint, model)
+        origin = weights_origin(folder, checkpoint, model, tag)
+        # the size the model was built for (timm keeps its tag's in pretrained_cfg even under img_size=...)
+        card_cfg = {**model.pretrained_cfg, "input_size": tuple(hooks.input_size(model))}
+        measured = profile_model(skeleton(model_name, hooks, kwargs, blocks), card_cfg["input_size"])
         write_model_card(
-            staging.path, saved, record, model.pretrained_cfg, num_parameters, origin, hooks.size_rule, hooks.name
+            staging.path,
+            saved,
+            record,
+            card_cfg,
+            num_parameters,
+            origin,
+            hooks.size_rule,
+            hooks.name,
+            measured,
         )
         for note in staging.move_into_place(overwrite):
             print(note)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from conversion.profile import Profile, datasets_of
 from vitzoo_hf.common_compat import MINIMUM_TRANSFORMERS
 
 SUPPORTED_TRANSFORMERS = f">= {'.'.join(map(str, MINIMUM_TRANSFORMERS))} (4.57.x or any 5.x)"
@@ -24,8 +25,10 @@ def paper_tags(pretrained_cfg: dict) -> list[str]:
     return [f"arxiv:{i}" for i in paper_ids(pretrained_cfg)]
 
 
-def model_details(config: dict, pretrained_cfg: dict, num_parameters: int, family: str, weights: WeightsOrigin) -> str:
-    """What timm's own cards list: architecture, size, input, papers, the original source."""
+def model_details(
+    config: dict, pretrained_cfg: dict, num_parameters: int, family: str, weights: WeightsOrigin, measured: Profile
+) -> str:
+    """What timm's own cards list: architecture, size and cost, input, data, papers, the original source."""
     name = config["timm_model_name"]
     tag = config.get("timm_pretrained_tag")
     channels, height, width = pretrained_cfg.get("input_size", (3, 224, 224))
@@ -36,10 +39,19 @@ def model_details(config: dict, pretrained_cfg: dict, num_parameters: int, famil
         f"- **vitzoo_hf family:** `{family}`",
         f"- **Parameters:** {num_parameters / 1e6:.2f} M",
         f"- **Image size:** {height} x {width} ({channels} channels)",
-        f"- **Weights:** {weights.description}",
     ]
+    if measured.gmacs is not None:
+        lines.append(
+            f"- **GMACs:** {measured.gmacs:.2f}, **activations:** {measured.activations_m:.1f} M (at {height} x "
+            f"{width}, batch 1; counted as timm's cards count them)"
+        )
+    datasets = datasets_of(config.get("timm_pretrained_tag"))
+    if datasets:
+        lines.append("- **Dataset(s), as the pretrained tag names them:** " + ", ".join(datasets))
+    lines.append(f"- **Weights:** {weights.description}")
     if weights.base_model:
-        lines.append(f"- **Source repo:** https://huggingface.co/{weights.base_model}")
+        how = {"finetune": "fine-tuned from", "quantized": "the weights of"}.get(weights.relation or "", "from")
+        lines.append(f"- **Base model:** {how} https://huggingface.co/{weights.base_model}")
     papers = paper_ids(pretrained_cfg)
     if papers:
         lines.append("- **Papers:** " + ", ".join(f"https://arxiv.org/abs/{i}" for i in papers))
@@ -51,11 +63,13 @@ def model_details(config: dict, pretrained_cfg: dict, num_parameters: int, famil
 
 @dataclass(frozen=True)
 class WeightsOrigin:
-    """Where a folder's weights came from, as its card says it: a sentence fragment, and the Hub repo they are
-    the weights of, if any (the card's ``base_model``)."""
+    """Where a folder's weights came from, as its card says it: a sentence fragment, the Hub repo they come from,
+    if any (the card's ``base_model``), and how (its ``base_model_relation``: ``quantized`` for the same weights in
+    another format, ``finetune`` for weights trained from them)."""
 
     description: str
     base_model: str | None = None
+    relation: str | None = None
 
 
 # The usage snippet's repo id: push_to_hub.py puts the real one in the card it uploads.
@@ -71,12 +85,14 @@ def write_model_card(
     weights: WeightsOrigin,
     size_rule: str,
     family: str,
+    measured: Profile,
 ) -> None:
     """``record`` is the folder's parity record (``vitzoo_parity.json``), the card's only source of figures;
     ``weights`` says where the weights came from; ``size_rule`` is the family's declared rule for other input
     sizes (``conversion.families.SIZE_RULES``). Tags say what the repo is (vitzoo_hf remote code of a family and a
     timm architecture, its papers), never ``timm``: timm's discovery lists repos under that tag, and
-    ``timm.create_model`` cannot load this one (``conversion.to_timm`` writes one it can)."""
+    ``timm.create_model`` cannot load this one (``conversion.to_timm`` writes one it can). ``measured``: the model's
+    parameters, GMACs and activations, counted on the meta device (``conversion.profile``)."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
     data = ModelCardData(
@@ -84,7 +100,9 @@ def write_model_card(
         pipeline_tag="image-classification" if with_head else "image-feature-extraction",
         license=pretrained_cfg.get("license"),
         tags=["vitzoo_hf", "custom_code", "vision", family, config["timm_model_name"], *paper_tags(pretrained_cfg)],
+        datasets=datasets_of(config.get("timm_pretrained_tag")) or None,
         base_model=weights.base_model,
+        base_model_relation=weights.relation if weights.base_model else None,
     )
     rows = "\n".join(f"| `{key}` | {value:.2e} |" for key, value in sorted(record["max_abs_diff"].items()))
     scope = record["verified_blocks"]
@@ -126,7 +144,7 @@ model = AutoModelForImageClassification.from_pretrained(
 ```
 """
     )
-    details = model_details(config, pretrained_cfg, num_parameters, family, weights)
+    details = model_details(config, pretrained_cfg, num_parameters, family, weights, measured)
     content = f"""---
 {data.to_yaml()}
 ---

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 from timm.models import save_for_hf
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification
 
 from conversion.convert_timm import ConversionError, convert
@@ -41,6 +42,14 @@ def save_timm_folder(model: torch.nn.Module, folder: Path) -> Path:
         data_config={"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "crop_pct": 0.8},
     )
     return folder
+
+
+def flop_counted_macs(model: torch.nn.Module, size: int) -> float:
+    """Multiply-adds of a real forward of the model (not the meta build the card's figure comes from)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 2
 
 
 def assert_reloads_as(folder: Path, model: torch.nn.Module, size: int) -> None:
@@ -82,6 +91,11 @@ def test_a_save_for_hf_folder_converts_without_naming_anything(tmp_path: Path, n
     assert "- arxiv:2010.11929\n- arxiv:2106.10270\n" in card and "\n- timm\n" not in card
     assert "https://arxiv.org/abs/2010.11929, https://arxiv.org/abs/2106.10270" in card
     assert "- **Original:** https://github.com/google-research" in card and "- **Parameters:** " in card
+    # timm's save_for_hf keeps the tag's hf_hub_id: the folder is a fine-tune of that repo; the tag names its data
+    assert "base_model: timm/" + name in card and "base_model_relation: finetune" in card
+    assert "datasets:\n- imagenet-1k\n" in card
+    macs = flop_counted_macs(model, size)
+    assert f"- **GMACs:** {macs / 1e9:.2f}, **activations:** " in card
     assert_reloads_as(out, model, size)
 
 
@@ -170,6 +184,7 @@ def test_hub_ids_convert_through_huggingface_hub_at_a_revision_and_offline_from_
         assert record["timm_format"] == {"hub_repo": "timm/test_vit.r160_in1k", "commit": commit}
         card = (out / "README.md").read_text()
         assert "base_model: timm/test_vit.r160_in1k" in card and f"commit `{commit[:12]}`" in card
+        assert "base_model_relation: quantized" in card  # the repo's own weights, in another format
         assert_reloads_as(out, model, 160)
     # the Hub gone: offline, the cached main converts, by the bare id and the hf_hub: form alike
     offline = {**env, "HF_HUB_OFFLINE": "1"}
