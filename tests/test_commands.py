@@ -1,5 +1,5 @@
-"""The console commands (vitzoo-convert, vitzoo-to-timm, vitzoo-push) are their python -m forms: the same help
-with a worked example, the same runs."""
+"""The console commands (vitzoo-convert, vitzoo-to-timm, vitzoo-catalog, vitzoo-push) are their python -m forms:
+the same help with a worked example, the same runs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ BIN = Path(sys.executable).parent
 COMMANDS = {
     "vitzoo-convert": ([sys.executable, "-m", "conversion.convert_timm"], "convert_timm.py"),
     "vitzoo-to-timm": ([sys.executable, "-m", "conversion.to_timm"], "to_timm.py"),
+    "vitzoo-catalog": ([sys.executable, "-m", "conversion.catalog"], "catalog.py"),
     "vitzoo-push": ([sys.executable, str(ROOT / "push_to_hub.py")], "push_to_hub.py"),
 }
 
@@ -57,6 +58,10 @@ def test_the_commands_convert_a_timm_folder_and_take_it_back(tmp_path: Path) -> 
     back = run([str(BIN / "vitzoo-to-timm")], "ours", "--output-dir", "timm-again", **elsewhere)
     assert back.returncode == 0, back.stderr
     assert json.loads((tmp_path / "timm-again" / "config.json").read_text())["num_classes"] == 4
+    listed = run([str(BIN / "vitzoo-catalog")], "test_resnet.r160_in1k", "--json", **elsewhere)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == run(COMMANDS["vitzoo-catalog"][0], "test_resnet.r160_in1k", "--json").stdout
+    assert json.loads(listed.stdout)[0]["family"] == "resnet"
     refused = run([str(BIN / "vitzoo-push")], "missing-folder", "--repo-id", "me/x", "--dry-run", **elsewhere)
     same = run(COMMANDS["vitzoo-push"][0], "missing-folder", "--repo-id", "me/x", "--dry-run", **elsewhere)
     assert refused.returncode == same.returncode != 0 and refused.stderr == same.stderr
