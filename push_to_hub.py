@@ -2,6 +2,7 @@
 
     python push_to_hub.py DIR [DIR ...] --repo-id ORG/NAME [--dry-run] [--private] [--revision BRANCH] [--create-pr]
     python push_to_hub.py DIR [DIR ...] --org ORG   # one repo per folder, named after it
+    python push_to_hub.py --list --org ORG          # what ORG has published, as each repo's files say it
 
 A DIR that holds converted folders (rather than being one) stands for all of them. Each folder's upload set is
 first copied into a private snapshot (hashed as it is read); the snapshot is what is validated (files, auto_map and
@@ -38,7 +39,13 @@ from tqdm.auto import tqdm
 
 from conversion.code_hashes import unknown_code
 from conversion.model_card import REPO_ID_PLACEHOLDER
-from conversion.parity_record import card_problems, read_parity_record, stale_parity_problems, weight_files
+from conversion.parity_record import (
+    PARITY_FILE,
+    card_problems,
+    read_parity_record,
+    stale_parity_problems,
+    weight_files,
+)
 from conversion.remote_code import import_problems, sibling_closure
 from conversion.sandbox import unavailable_reason
 from conversion.staging import Staging, clean_stale, exit_on_termination, phase
@@ -463,14 +470,74 @@ EXAMPLES = """examples (vitzoo-push is the same as python push_to_hub.py; the to
   # publish one folder, or every converted folder under out/ as my-org/<folder name>
   vitzoo-push out/r50 --repo-id my-org/resnet50-vitzoo
   vitzoo-push out/ --org my-org --private
+  # what my-org has published: timm source, parity, transformers range, last commit
+  vitzoo-push --list --org my-org
 """
+
+
+@dataclass(frozen=True)
+class Published:
+    """One converted repo as its files at its last commit say it."""
+
+    repo_id: str
+    commit: str
+    last_modified: str
+    timm_model: str
+    max_abs_diff: float
+    verified_blocks: str
+    transformers: str
+
+
+MINIMUM_PATTERN = re.compile(r"^MINIMUM_TRANSFORMERS = \((\d+), (\d+)\)", re.MULTILINE)
+
+
+def list_published(api: HfApi, org: str) -> list[Published]:
+    """``org``'s public repos the card tags ``vitzoo_hf`` (the Hub's own index, through huggingface_hub), each read at
+    its listed commit: the parity record's timm source and largest difference, and the transformers range its code
+    enforces (``MINIMUM_TRANSFORMERS`` in its ``common_compat.py``)."""
+    listed = []
+    for info in api.list_models(author=org, filter="vitzoo_hf", expand=["sha", "lastModified"]):
+        try:
+            record = json.loads(Path(api.hf_hub_download(info.id, PARITY_FILE, revision=info.sha)).read_text())
+            compat = Path(api.hf_hub_download(info.id, "common_compat.py", revision=info.sha)).read_text()
+        except (OSError, ValueError) as error:
+            raise PublishError(f"{info.id} is tagged vitzoo_hf but its files cannot be read: {error}") from error
+        minimum = MINIMUM_PATTERN.search(compat)
+        listed.append(
+            Published(
+                repo_id=info.id,
+                commit=info.sha,
+                last_modified=info.last_modified.isoformat() if info.last_modified else "-",
+                timm_model=record.get("timm_model", "-"),
+                max_abs_diff=max(record.get("max_abs_diff", {0: float("nan")}).values()),
+                verified_blocks=record.get("verified_blocks", "-"),
+                transformers=f">= {minimum[1]}.{minimum[2]}" if minimum else "unknown (no MINIMUM_TRANSFORMERS)",
+            )
+        )
+    return listed
+
+
+def print_published(org: str, listed: list[Published]) -> None:
+    if not listed:
+        print(f"{org} has no public repo tagged vitzoo_hf")
+        return
+    header = ("repo", "timm source", "max abs diff", "verified", "transformers", "commit", "last modified")
+    rows = [
+        (p.repo_id, p.timm_model, f"{p.max_abs_diff:.1e}", p.verified_blocks, p.transformers, p.commit[:12],
+         p.last_modified[:19])
+        for p in listed
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = RedactingParser(
         description=__doc__.split("\n\n")[0], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--list", action="store_true", help="with --org: list ORG's published vitzoo_hf repos")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo-id", help="ORG/NAME for a single folder")
     where.add_argument("--org", help="one repo per folder under this organisation, named after the folder")
@@ -493,6 +560,17 @@ def main(argv: list[str] | None = None) -> int:
             "--token is not accepted (command lines show up in process lists and logs): set HF_TOKEN or run "
             "`hf auth login`"
         )
+    if args.list:
+        if args.org is None or args.folders:
+            parser.error("--list takes --org ORG and no folders: it lists what ORG has published")
+        try:
+            print_published(args.org, list_published(HfApi(), args.org))
+        except (PublishError, OSError, ValueError) as error:
+            print(f"error: {redact(str(error))}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.folders:
+        parser.error("name the converted folder(s) to publish (or --list --org ORG)")
     exit_on_termination()
     targets: list[Target] = []
     try:

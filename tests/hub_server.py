@@ -1,5 +1,6 @@
 """A minimal Hub stand-in on 127.0.0.1 for tests: just what huggingface_hub and transformers call to create a
-repo, commit files (regular uploads only), branch, open a PR, and resolve files at a revision.
+repo, commit files (regular uploads only), branch, open a PR, resolve files at a revision, and list an author's
+public repos by card tag.
 
 Writes need ``Authorization: Bearer <token>``; every request's path and whether it carried the token are
 logged in ``requests`` so tests can check what the client sent. State lives in memory.
@@ -28,6 +29,7 @@ class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> {path: content}
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> sha
     prs: int = 0
+    dates: dict[str, str] = field(default_factory=dict)  # sha -> when it was committed (ISO 8601, UTC)
 
     def commit(self, ref: str, files: dict[str, bytes], message: str) -> str:
         sha = hashlib.sha1(json.dumps([ref, message, sorted((p, git_blob_oid(c)) for p, c in files.items())]).encode())
@@ -36,7 +38,24 @@ class Repo:
             sha = hashlib.sha1((sha + str(len(self.commits))).encode()).hexdigest()
         self.commits[sha] = files
         self.refs[ref] = sha
+        self.dates[sha] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
         return sha
+
+    def card_tags(self) -> list[str]:
+        """The ``tags`` of main's README front matter (what the Hub indexes and ``filter=`` matches)."""
+        readme = self.commits[self.refs["main"]].get("README.md", b"").decode()
+        if not readme.startswith("---"):
+            return []
+        front = readme.split("---", 2)[1]
+        tags, inside = [], False
+        for line in front.splitlines():
+            if line.startswith("tags:"):
+                inside = True
+            elif inside and line.startswith("- "):
+                tags.append(line[2:].strip())
+            elif inside:
+                inside = False
+        return tags
 
     def resolve(self, revision: str) -> str | None:
         return self.refs.get(revision) or (revision if revision in self.commits else None)
@@ -116,12 +135,25 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"url": url})
         if method == "POST" and path == "/api/validate-yaml":
             return self._send(200, {"errors": [], "warnings": []})
+        if method == "GET" and path == "/api/models":  # list_models(author=..., filter=...): one page, public only
+            return self._send(200, self._listing(query))
         if path.startswith("/api/models/"):
             return self._api(method, path[len("/api/models/") :], query, body)
         parts = path.strip("/").split("/")
         if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
             return self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
         return self._error(404, "EntryNotFound", f"no route for {method} {path}")
+
+    def _listing(self, query: dict) -> list[dict]:
+        author, wanted = (query.get("author") or [None])[0], set(query.get("filter") or [])
+        listed = []
+        for repo_id, repo in sorted(self.state.repos.items()):
+            if repo.private or (author and repo_id.split("/")[0] != author) or not wanted <= set(repo.card_tags()):
+                continue
+            sha = repo.refs["main"]
+            listed.append({"id": repo_id, "modelId": repo_id, "sha": sha, "tags": repo.card_tags(),
+                           "lastModified": repo.dates[sha], "private": False})  # fmt: skip
+        return listed
 
     def _split(self, rest: str, marker: str) -> tuple[str, str]:
         repo_id, _, tail = rest.partition(f"/{marker}/")

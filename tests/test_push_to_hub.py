@@ -17,6 +17,7 @@ from conversion.parity_record import CARD_SECTION
 from conversion.verify import clean_env
 from tests import hub_server
 from tests.helpers import convert_perturbed
+from vitzoo_hf.common_compat import MINIMUM_TRANSFORMERS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_test_secret_token_123"
@@ -225,3 +226,25 @@ def test_token_is_not_accepted_on_the_command_line(folder: Path, hub) -> None:
         and "unrecognized arguments (values not shown: one may be a secret): --tokn" in stray.stderr
     )
     assert os.environ.get("HF_TOKEN") != TOKEN
+
+
+def test_list_shows_what_an_org_published_from_the_repos_own_files(folder: Path, hub, tmp_path: Path) -> None:
+    """--list --org reads the Hub's listing (repos whose card tags vitzoo_hf) and each repo's parity record and code
+    at its listed commit; other orgs' repos and untagged ones are not listed."""
+    state, env = hub
+    assert push(env, str(folder), "--repo-id", "vitzoo/tiny-vit").returncode == 0
+    assert push(env, str(folder), "--repo-id", "elsewhere/tiny-vit").returncode == 0
+    state.repos["vitzoo/plain"] = plain = hub_server.Repo()
+    plain.commit("main", {"README.md": b"---\ntags:\n- vision\n---\n"}, "not ours")
+    listed = push(env, "--list", "--org", "vitzoo")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["repo", "timm", "source"] and len(lines) == 2
+    record = json.loads((folder / "vitzoo_parity.json").read_text())
+    sha = state.repos["vitzoo/tiny-vit"].refs["main"]
+    row = lines[1].split()
+    assert row[:4] == ["vitzoo/tiny-vit", "test_vit.r160_in1k", f"{max(record['max_abs_diff'].values()):.1e}", "all"]
+    assert row[4:6] == [">=", ".".join(map(str, MINIMUM_TRANSFORMERS))] and row[6] == sha[:12]
+    assert push(env, "--list", "--org", "nobody").stdout.strip() == "nobody has no public repo tagged vitzoo_hf"
+    bare = push(env, "--list", str(folder), "--org", "vitzoo")
+    assert bare.returncode == 2 and "--list takes --org ORG and no folders" in bare.stderr
