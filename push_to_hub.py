@@ -498,7 +498,7 @@ def list_published(api: HfApi, org: str) -> list[Published]:
     listed = []
     for info in api.list_models(author=org, filter="vitzoo_hf", expand=["sha", "lastModified"]):
         try:
-            record = json.loads(Path(api.hf_hub_download(info.id, PARITY_FILE, revision=info.sha)).read_text())
+            record = read_parity_record(Path(api.hf_hub_download(info.id, PARITY_FILE, revision=info.sha)).parent) or {}
             compat = Path(api.hf_hub_download(info.id, "common_compat.py", revision=info.sha)).read_text()
         except (OSError, ValueError) as error:
             raise PublishError(f"{info.id} is tagged vitzoo_hf but its files cannot be read: {error}") from error

@@ -16,6 +16,7 @@ Parameters, GMACs and activations are meta-device counts (``conversion.profile``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import multiprocessing
@@ -113,31 +114,18 @@ def _profile_tag(tag: str) -> tuple[str, Profile | None]:
 def profiles(tags: Iterable[str], workers: int = 1, path: Path | None = None) -> dict[str, Profile | None]:
     """Each tag's profile: from the shipped file, then the user cache, computing (and caching) the rest."""
     path = path or profile_cache()
-    known = {**_read_profiles(SHIPPED_PROFILES), **_read_profiles(path)}
+    cached = _read_profiles(path)
+    known = {**_read_profiles(SHIPPED_PROFILES), **cached}
     missing = [t for t in tags if t not in known]
     if missing:
         print(f"profiling {len(missing)} tag(s) on the meta device (cached for next time) ...", file=sys.stderr)
-        cached = _read_profiles(path)
-        with multiprocessing.Pool(workers) if workers > 1 else _Serial() as pool:
-            for done, (tag, found) in enumerate(pool.imap_unordered(_profile_tag, missing), start=1):
+        with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+            found_all = pool.imap_unordered(_profile_tag, missing) if pool else map(_profile_tag, missing)
+            for done, (tag, found) in enumerate(found_all, start=1):
                 known[tag] = cached[tag] = found
                 if done % 50 == 0 or done == len(missing):  # an interrupted fill keeps what it measured
                     save_profiles(path, cached)
     return {t: known.get(t) for t in tags}
-
-
-class _Serial:
-    """The pool interface, in this process."""
-
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def imap_unordered(func, items):
-        return map(func, items)
 
 
 def save_profiles(path: Path, found: dict[str, Profile | None]) -> None:

@@ -26,7 +26,13 @@ def paper_tags(pretrained_cfg: dict) -> list[str]:
 
 
 def model_details(
-    config: dict, pretrained_cfg: dict, num_parameters: int, family: str, weights: WeightsOrigin, measured: Profile
+    config: dict,
+    pretrained_cfg: dict,
+    num_parameters: int,
+    family: str,
+    weights: WeightsOrigin,
+    measured: Profile,
+    datasets: list[str],
 ) -> str:
     """What timm's own cards list: architecture, size and cost, input, data, papers, the original source."""
     name = config["timm_model_name"]
@@ -45,7 +51,6 @@ def model_details(
             f"- **GMACs:** {measured.gmacs:.2f}, **activations:** {measured.activations_m:.1f} M (at {height} x "
             f"{width}, batch 1; counted as timm's cards count them)"
         )
-    datasets = datasets_of(config.get("timm_pretrained_tag"))
     if datasets:
         lines.append("- **Dataset(s), as the pretrained tag names them:** " + ", ".join(datasets))
     lines.append(f"- **Weights:** {weights.description}")
@@ -95,12 +100,13 @@ def write_model_card(
     parameters, GMACs and activations, counted on the meta device (``conversion.profile``)."""
     name = config["timm_model_name"] + (f".{config['timm_pretrained_tag']}" if config["timm_pretrained_tag"] else "")
     with_head = any(name.endswith("ForImageClassification") for name in config["architectures"])
+    datasets = datasets_of(config.get("timm_pretrained_tag"))
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification" if with_head else "image-feature-extraction",
         license=pretrained_cfg.get("license"),
         tags=["vitzoo_hf", "custom_code", "vision", family, config["timm_model_name"], *paper_tags(pretrained_cfg)],
-        datasets=datasets_of(config.get("timm_pretrained_tag")) or None,
+        datasets=datasets or None,
         base_model=weights.base_model,
         base_model_relation=weights.relation if weights.base_model else None,
     )
@@ -144,7 +150,7 @@ model = AutoModelForImageClassification.from_pretrained(
 ```
 """
     )
-    details = model_details(config, pretrained_cfg, num_parameters, family, weights, measured)
+    details = model_details(config, pretrained_cfg, num_parameters, family, weights, measured, datasets)
     content = f"""---
 {data.to_yaml()}
 ---
