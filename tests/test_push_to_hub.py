@@ -233,8 +233,9 @@ def test_list_shows_what_an_org_published_from_the_repos_own_files(folder: Path,
     at its listed commit; other orgs' repos and untagged ones are not listed."""
     state, env = hub
     assert push(env, str(folder), "--repo-id", "vitzoo/tiny-vit").returncode == 0
-    assert push(env, str(folder), "--repo-id", "elsewhere/tiny-vit").returncode == 0
-    state.repos["vitzoo/plain"] = plain = hub_server.Repo()
+    state.repos["elsewhere/tiny-vit"] = elsewhere = hub_server.Repo()  # tagged, another org's
+    elsewhere.commit("main", {"README.md": b"---\ntags:\n- vitzoo_hf\n---\n"}, "another org's")
+    state.repos["vitzoo/plain"] = plain = hub_server.Repo()  # this org's, untagged
     plain.commit("main", {"README.md": b"---\ntags:\n- vision\n---\n"}, "not ours")
     listed = push(env, "--list", "--org", "vitzoo")
     assert listed.returncode == 0, listed.stderr
