@@ -125,7 +125,8 @@ def rebuild_timm(folder: Path, build: Build = timm.create_model) -> tuple[torch.
         if ours_key not in ours:
             raise ConversionError(
                 f"{folder} lacks {ours_key}, which timm's {architecture} (rebuilt from the recorded "
-                f"timm_model_args {model_args}) needs for {key}."
+                f"timm_model_args {model_args}) needs for {key}: timm cannot express this model (fewer blocks or "
+                "layers than timm builds from these arguments, as a cut-down copy has) or the folder lost a tensor."
             )
         if ours.shapes[ours_key] != tuple(tensor.shape):
             raise ConversionError(

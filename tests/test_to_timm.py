@@ -63,7 +63,7 @@ def test_timm_to_ours_to_timm_is_the_identity(tmp_path: Path, variant: str) -> N
         assert not (tmp_path / "timm").exists()
         return
     shapes = {k: v.shape for k, v in hooks.build_tiny(name, **overrides).state_dict().items()}
-    if shapes != {k: v.shape for k, v in reference.state_dict().items()}:  # made from a built model (pruned)
+    if shapes != {k: v.shape for k, v in reference.state_dict().items()}:  # made from a built model (pruned, cut)
         with pytest.raises(ConversionError, match="timm cannot express this model"):
             to_timm(folder, tmp_path / "timm", build=build)
         assert not (tmp_path / "timm").exists()
